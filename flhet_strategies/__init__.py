@@ -1,0 +1,30 @@
+"""flhet strategies: Flower server-side strategies for model-heterogeneous FL.
+
+Public API (imported lazily, so ``flhet_strategies.core`` stays free of Flower):
+
+- :class:`FedConsensus` -- logit-consensus distillation (FedMD / DS-FL), Message API.
+- :class:`FedConsensusCompat` -- the same for the compat API (``NumPyClient``).
+- :class:`ConsensusConfig` -- the consensus rule; :class:`DistillationRecipe` -- the
+  client recipe sent each round.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "FedConsensus": "flhet_strategies.message_api",
+    "FedConsensusCompat": "flhet_strategies.compat_api",
+    "ConsensusConfig": "flhet_strategies.core.consensus",
+    "DistillationRecipe": "flhet_strategies.core.recipe",
+    "ConsensusDistillation": "flhet_strategies.core.distillation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

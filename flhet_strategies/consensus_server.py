@@ -1,0 +1,209 @@
+"""API-neutral server logic of logit-consensus distillation.
+
+:class:`ConsensusServer` turns the core protocol (:class:`ConsensusDistillation`)
+into what a Flower strategy does per round: instructions for sampled clients,
+aggregation of their replies into the next consensus, evaluation summaries and a
+history. It speaks in plain dicts of numpy arrays and config scalars; the Message-API
+strategy :class:`~flhet_strategies.message_api.FedConsensus` and the compat strategy
+:class:`~flhet_strategies.compat_api.FedConsensusCompat` only translate those to and
+from their Flower record types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from logging import INFO
+
+import numpy as np
+from flwr.common.logger import log
+
+from .core.distillation import ConsensusDistillation
+from .core.payload import ClientPayload
+from .core.recipe import DistillationRecipe
+from .history import RoundHistory
+
+REPLY_ARRAY_KEYS = ("logits", "class_counts")
+"""Order of a client reply's arrays where a Flower API needs a list."""
+
+CLIENT_ID_KEY = "client-id"
+"""Metric key under which a client may report a stable id (e.g. its partition id)."""
+
+PHASE_KEY = "flhet-phase"
+"""Config key naming the run a message belongs to; clients keep one model per phase,
+so one federation can host several runs (e.g. a strategy and its local-only baseline)."""
+
+NUM_EXAMPLES_KEY = "num-examples"
+"""Metric key of the number of private training examples (Flower's convention)."""
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """A client's reply in API-neutral form.
+
+    Parameters
+    ----------
+    client_id : str
+        The reported ``client-id`` metric, else the Flower node id.
+    arrays : Mapping[str, np.ndarray]
+        Named reply arrays (``logits``, ``class_counts``).
+    metrics : Mapping[str, float]
+        Reply metrics, including ``num-examples``.
+    """
+
+    client_id: str
+    arrays: Mapping[str, np.ndarray]
+    metrics: Mapping[str, float]
+
+    def to_payload(self) -> ClientPayload:
+        """The protocol payload; missing pieces are left for validation to reject."""
+        return ClientPayload(
+            client_id=self.client_id,
+            logits=self.arrays.get("logits", np.zeros((0, 0), dtype=np.float32)),
+            num_examples=self.metrics.get(NUM_EXAMPLES_KEY, 0),
+            class_counts=self.arrays.get("class_counts"),
+        )
+
+
+def sample_fraction(items: Sequence, fraction: float, seed: int, server_round: int) -> list:
+    """A seeded random ``fraction`` of ``items`` (at least one), reproducible per round.
+
+    Parameters
+    ----------
+    items : Sequence
+        Candidates in a stable order (e.g. sorted node ids).
+    fraction : float
+        Share to sample, in ``(0, 1]``; 1 returns all items in order.
+    seed : int
+        Seed of the experiment.
+    server_round : int
+        The round, mixed into the seed.
+    """
+    if not items:
+        return []
+    if fraction >= 1.0:
+        return list(items)
+    size = max(int(len(items) * fraction), 1)
+    rng = np.random.default_rng([int(seed), int(server_round), 7])
+    picked = np.sort(rng.choice(len(items), size=size, replace=False))
+    return [items[i] for i in picked]
+
+
+def client_id_of(metrics: Mapping[str, object], node_id: int | str) -> str:
+    """The client's self-reported id if present, else its Flower node id."""
+    value = metrics.get(CLIENT_ID_KEY)
+    return str(int(value)) if isinstance(value, (int, float)) else str(node_id)
+
+
+class ConsensusServer:
+    """Server-side round logic shared by both Flower faces.
+
+    Parameters
+    ----------
+    protocol : ConsensusDistillation
+        Proxy sampling, validation, weighting and consensus.
+    recipe : DistillationRecipe, optional
+        Client recipe sent with every round (defaults of :class:`DistillationRecipe`).
+    num_rounds : int, optional
+        Total rounds, so the last round can carry ``final-round``; set by the
+        strategy's ``start`` (Message API) or given explicitly (compat API).
+    evaluate_every : int (default: 1)
+        Evaluate clients every this many rounds; the last round is always evaluated.
+    phase : str (default: "main")
+        Sent as ``flhet-phase`` with every message; clients keep a separate model
+        per phase.
+    """
+
+    def __init__(
+        self,
+        protocol: ConsensusDistillation,
+        recipe: DistillationRecipe | None = None,
+        num_rounds: int | None = None,
+        evaluate_every: int = 1,
+        phase: str = "main",
+    ) -> None:
+        if evaluate_every < 1:
+            raise ValueError(f"evaluate_every must be at least 1, got {evaluate_every}")
+        self.protocol = protocol
+        self.evaluate_every = int(evaluate_every)
+        self.phase = str(phase)
+        self.recipe = recipe or DistillationRecipe()
+        self.num_rounds = num_rounds
+        self.history = RoundHistory()
+
+    def train_instructions(
+        self, server_round: int, extra_config: Mapping[str, object] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """Arrays and config for every client sampled in ``server_round``.
+
+        ``extra_config`` entries (e.g. from a user's ``train_config``) override the
+        recipe's entries.
+        """
+        plan = self.protocol.plan(server_round)
+        final = self.num_rounds is not None and server_round >= self.num_rounds
+        config = replace(self.recipe, final_round=final).to_config()
+        config.update(dict(extra_config or {}))
+        config["server-round"] = int(server_round)
+        config[PHASE_KEY] = self.phase
+        return plan.to_arrays(), config
+
+    def start_round(self, server_round: int, num_clients: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Record that the round's instructions went to ``num_clients`` clients."""
+        nbytes = sum(np.asarray(a).nbytes for a in arrays.values())
+        self.history.start_round(server_round, bytes_down=nbytes * num_clients)
+
+    def aggregate_train(
+        self, server_round: int, results: Sequence[ClientResult], failures: int
+    ) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
+        """Aggregate replies into the new consensus.
+
+        Returns
+        -------
+        tuple
+            The consensus arrays (``consensus``, ``consensus_indices``) or ``None``
+            when no reply was valid, and round metrics (accepted/rejected counts,
+            mean training losses of the accepted clients).
+        """
+        outcome = self.protocol.aggregate(server_round, [r.to_payload() for r in results])
+        self.history.record_train(server_round, outcome, failures)
+        accepted = set(outcome.accepted)
+        metrics: dict[str, float] = {
+            "num-accepted": float(len(outcome.accepted)),
+            "num-rejected": float(len(outcome.rejected) + failures),
+        }
+        for key in ("train_loss", "kd_loss"):
+            values = [float(r.metrics[key]) for r in results
+                      if r.client_id in accepted and key in r.metrics]
+            if values:
+                metrics[key] = float(np.mean(values))
+        if outcome.consensus is None:
+            return None, metrics
+        indices, consensus = self.protocol.consensus
+        return {"consensus_indices": indices, "consensus": consensus}, metrics
+
+    def should_evaluate(self, server_round: int) -> bool:
+        """Whether clients evaluate after ``server_round``."""
+        last = self.num_rounds is not None and server_round >= self.num_rounds
+        return last or server_round % self.evaluate_every == 0
+
+    def evaluate_config(self, server_round: int) -> dict[str, object]:
+        """Config sent with evaluation requests."""
+        return {"server-round": int(server_round), PHASE_KEY: self.phase}
+
+    def aggregate_evaluate(
+        self, server_round: int, results: Sequence[tuple[str, Mapping[str, float]]],
+        bytes_down: int = 0,
+    ) -> dict[str, float]:
+        """Summarise per-client accuracies into round metrics (flat, scalar)."""
+        per_client = {cid: dict(m) for cid, m in results if "client_accuracy" in m}
+        summary = self.history.record_evaluate(server_round, per_client, bytes_down)
+        if summary is None:
+            return {}
+        entry = self.history.rounds[-1]
+        log(INFO, "round %s: client accuracy %.4f (min %.4f), global accuracy %s, "
+            "%.1f KiB up, %.1f KiB down, %.1f s", server_round, summary["client_accuracy_mean"],
+            summary["client_accuracy_min"],
+            "n/a" if summary["global_accuracy_mean"] is None else f"{summary['global_accuracy_mean']:.4f}",
+            entry["bytes_up"] / 1024, entry["bytes_down"] / 1024, entry["seconds"])
+        return {k: v for k, v in summary.items()
+                if isinstance(v, (int, float)) and v is not None}

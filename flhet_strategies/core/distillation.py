@@ -1,0 +1,252 @@
+"""The logit-consensus distillation protocol, independent of any Flower API.
+
+Round ``t`` of the protocol:
+
+1. The server sends each sampled client a :class:`RoundPlan`: the consensus soft
+   targets computed in round ``t-1`` (on the proxy indices of round ``t-1``) and the
+   proxy indices ``I_t`` it wants predictions on now.
+2. The client distills on the consensus and trains on its private data (however its
+   learner likes), then replies with its logits on ``I_t``.
+3. The server validates the replies, weights them, and forms the new consensus on
+   ``I_t``, which goes out with the next plan.
+
+Only indices into the public proxy set and soft targets travel; the proxy inputs
+themselves are public and already on every client. Both Flower faces of flhet
+(Message API and compat API) are thin shells around :class:`ConsensusDistillation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .consensus import ConsensusConfig, logit_consensus
+from .payload import ClientPayload, PayloadError, client_sort_key, validate_payload
+from .weighting import WeightFn, sample_count_weights
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the server sends every sampled client in one round.
+
+    Parameters
+    ----------
+    server_round : int
+        The round this plan is for (1-based).
+    proxy_indices : np.ndarray
+        int64 indices into the proxy set on which the client must return logits.
+    consensus_indices : np.ndarray
+        int64 indices of the proxy samples the consensus below refers to (empty in
+        the first round).
+    consensus : np.ndarray
+        float32 soft targets, ``(len(consensus_indices), num_classes)``.
+    """
+
+    server_round: int
+    proxy_indices: np.ndarray
+    consensus_indices: np.ndarray
+    consensus: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of array data in the plan (what one client downloads)."""
+        return int(
+            self.proxy_indices.nbytes + self.consensus_indices.nbytes + self.consensus.nbytes
+        )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Named arrays for a Flower record (the wire format of both API faces)."""
+        return {
+            "proxy_indices": self.proxy_indices,
+            "consensus_indices": self.consensus_indices,
+            "consensus": self.consensus,
+        }
+
+    @classmethod
+    def from_arrays(cls, server_round: int, arrays: dict[str, np.ndarray]) -> "RoundPlan":
+        """Rebuild a plan from the named arrays of :meth:`to_arrays`.
+
+        Raises
+        ------
+        ValueError
+            If an array is missing or the consensus does not match its indices.
+        """
+        missing = {"proxy_indices", "consensus_indices", "consensus"} - set(arrays)
+        if missing:
+            raise ValueError(f"round plan is missing arrays: {sorted(missing)}")
+        plan = cls(
+            server_round=int(server_round),
+            proxy_indices=np.asarray(arrays["proxy_indices"], dtype=np.int64),
+            consensus_indices=np.asarray(arrays["consensus_indices"], dtype=np.int64),
+            consensus=np.asarray(arrays["consensus"], dtype=np.float32),
+        )
+        if plan.consensus.ndim != 2 or len(plan.consensus) != len(plan.consensus_indices):
+            raise ValueError(
+                f"consensus of shape {plan.consensus.shape} does not match "
+                f"{len(plan.consensus_indices)} consensus indices"
+            )
+        return plan
+
+
+PLAN_ARRAY_KEYS = ("proxy_indices", "consensus_indices", "consensus")
+"""Order of the plan's arrays where a Flower API needs a list (compat ``Parameters``)."""
+
+
+@dataclass
+class AggregationOutcome:
+    """Result of aggregating one round of client payloads.
+
+    Parameters
+    ----------
+    consensus : np.ndarray or None
+        The new soft targets on the round's proxy indices, ``None`` if no payload
+        was accepted.
+    accepted : list[str]
+        Client ids whose payloads entered the consensus.
+    rejected : dict[str, str]
+        Client id -> reason, for payloads that failed validation.
+    weights : dict[str, float]
+        Normalised aggregation weight of each accepted client.
+    bytes_up : int
+        Array bytes received from the accepted and rejected payloads.
+    """
+
+    consensus: np.ndarray | None
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    bytes_up: int = 0
+
+
+class ConsensusDistillation:
+    """Server-side state of logit-consensus distillation over a public proxy set.
+
+    Parameters
+    ----------
+    num_proxy : int
+        Size of the public proxy set (indices ``0 .. num_proxy - 1``).
+    num_classes : int
+        Number of classes.
+    proxy_per_round : int (default: 2000)
+        Proxy samples drawn (without replacement, fresh each round) per round;
+        capped at ``num_proxy``.
+    consensus : ConsensusConfig, optional
+        The consensus rule (DS-FL with ERA and per-class votes by default).
+    weight_fn : WeightFn (default: sample_count_weights)
+        Client weights; replace it for contribution-weighted aggregation.
+    seed : int (default: 0)
+        Seed of the proxy-subset sampler.
+    """
+
+    def __init__(
+        self,
+        num_proxy: int,
+        num_classes: int,
+        proxy_per_round: int = 2000,
+        consensus: ConsensusConfig | None = None,
+        weight_fn: WeightFn = sample_count_weights,
+        seed: int = 0,
+    ) -> None:
+        if num_proxy < 1:
+            raise ValueError(f"num_proxy must be at least 1, got {num_proxy}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if proxy_per_round < 1:
+            raise ValueError(f"proxy_per_round must be at least 1, got {proxy_per_round}")
+        self.num_proxy = int(num_proxy)
+        self.num_classes = int(num_classes)
+        self.proxy_per_round = min(int(proxy_per_round), self.num_proxy)
+        self.consensus_config = consensus or ConsensusConfig()
+        self.weight_fn = weight_fn
+        self.seed = int(seed)
+        self._consensus_indices = np.zeros(0, dtype=np.int64)
+        self._consensus = np.zeros((0, self.num_classes), dtype=np.float32)
+
+    def proxy_indices(self, server_round: int) -> np.ndarray:
+        """Proxy indices for a round: a seeded draw, reproducible per round."""
+        rng = np.random.default_rng([self.seed, int(server_round)])
+        idx = rng.choice(self.num_proxy, size=self.proxy_per_round, replace=False)
+        return np.sort(idx).astype(np.int64)
+
+    @property
+    def consensus(self) -> tuple[np.ndarray, np.ndarray]:
+        """The latest consensus as ``(indices, soft_targets)``."""
+        return self._consensus_indices, self._consensus
+
+    def plan(self, server_round: int) -> RoundPlan:
+        """Build the plan sent to every client sampled in ``server_round``."""
+        return RoundPlan(
+            server_round=int(server_round),
+            proxy_indices=self.proxy_indices(server_round),
+            consensus_indices=self._consensus_indices,
+            consensus=self._consensus,
+        )
+
+    def validate(
+        self, server_round: int, payloads: Sequence[ClientPayload]
+    ) -> tuple[list[ClientPayload], dict[str, str]]:
+        """Split payloads into valid ones (sorted by client id) and rejected ones."""
+        expected = len(self.proxy_indices(server_round))
+        need_counts = self.consensus_config.class_vote_weighting
+        valid, rejected = [], {}
+        for payload in sorted(payloads, key=lambda p: client_sort_key(p.client_id)):
+            try:
+                valid.append(validate_payload(payload, expected, self.num_classes, need_counts))
+            except PayloadError as err:
+                rejected[str(payload.client_id)] = str(err)
+        return valid, rejected
+
+    def aggregate(
+        self, server_round: int, payloads: Sequence[ClientPayload]
+    ) -> AggregationOutcome:
+        """Validate, weight and combine the round's payloads into a new consensus.
+
+        Parameters
+        ----------
+        server_round : int
+            The round the payloads answer.
+        payloads : Sequence[ClientPayload]
+            Untrusted client replies.
+
+        Returns
+        -------
+        AggregationOutcome
+            The new consensus (also stored for the next plan), who was accepted or
+            rejected and why, and the weights used. If nothing valid arrived, the
+            previous consensus is kept and ``consensus`` is ``None``.
+        """
+        bytes_up = sum(_safe_nbytes(p) for p in payloads)
+        valid, rejected = self.validate(server_round, payloads)
+        if not valid:
+            return AggregationOutcome(consensus=None, rejected=rejected, bytes_up=bytes_up)
+        weights = np.asarray(self.weight_fn(valid, server_round), dtype=np.float64)
+        if weights.shape != (len(valid),) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(
+                f"weight_fn must return {len(valid)} non-negative weights, not all zero; "
+                f"got {weights}"
+            )
+        counts = None
+        if self.consensus_config.class_vote_weighting:
+            counts = np.stack([p.class_counts for p in valid])
+        consensus = logit_consensus(
+            np.stack([p.logits for p in valid]), weights, self.consensus_config, counts
+        )
+        self._consensus_indices = self.proxy_indices(server_round)
+        self._consensus = consensus
+        norm = weights / weights.sum()
+        return AggregationOutcome(
+            consensus=consensus,
+            accepted=[p.client_id for p in valid],
+            rejected=rejected,
+            weights={p.client_id: float(w) for p, w in zip(valid, norm)},
+            bytes_up=bytes_up,
+        )
+
+
+def _safe_nbytes(payload: ClientPayload) -> int:
+    try:
+        return payload.nbytes
+    except Exception:  # noqa: BLE001 - a malformed payload still counts as traffic
+        return 0

@@ -1,0 +1,206 @@
+"""Experiment configuration: one TOML file describes a whole run.
+
+See ``simulations/configs/fmnist_hetero.toml`` for a commented example. Every section
+is optional except ``[data]`` and ``[[clients]]``; unknown keys are errors, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from flhet_strategies.core.consensus import ConsensusConfig
+from flhet_strategies.core.recipe import DistillationRecipe
+
+from .data.partitioning import PartitionerSpec
+
+API_FACES = ("message", "compat")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment configuration."""
+
+
+@dataclass(frozen=True)
+class ClientGroup:
+    """A group of clients sharing one architecture.
+
+    Parameters
+    ----------
+    architecture : str
+        A model-zoo name (``cnn_small``, ``vit_tiny``, ...) or ``sklearn:<name>``.
+    count : int
+        Number of clients in the group.
+    lr : float
+        Learning rate (PyTorch models).
+    optimizer : str
+        ``sgd``, ``adam`` or ``adamw`` (PyTorch models).
+    batch_size : int
+        Mini-batch size.
+    """
+
+    architecture: str
+    count: int = 1
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    batch_size: int = 64
+
+    @property
+    def framework(self) -> str:
+        """``scikit-learn`` for ``sklearn:`` architectures, else ``pytorch``."""
+        return "scikit-learn" if self.architecture.startswith("sklearn:") else "pytorch"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset, partitioning and the proxy / test splits (see ``make_federated_split``)."""
+
+    dataset: str = "fashion_mnist"
+    num_clients: int = 10
+    partitioner: dict = field(default_factory=lambda: {"name": "dirichlet", "alpha": 0.1})
+    proxy_size: int = 5000
+    proxy_validation_size: int = 1000
+    private_size: int | None = None
+    global_test_size: int | None = None
+    client_test_fraction: float = 0.25
+    data_dir: str | None = None
+
+    def partitioner_spec(self) -> PartitionerSpec:
+        """The partitioner as a :class:`PartitionerSpec`."""
+        return PartitionerSpec.from_dict(self.partitioner)
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Server strategy: the consensus rule and proxy sampling."""
+
+    name: str = "fedconsensus"
+    mode: str = "dsfl"
+    temperature: float = 1.0
+    era_temperature: float | None = 0.1
+    class_vote_weighting: bool = True
+    proxy_per_round: int = 2000
+    fraction_train: float = 1.0
+
+    def consensus(self) -> ConsensusConfig:
+        """The :class:`ConsensusConfig` of this strategy."""
+        return ConsensusConfig(self.mode, self.temperature, self.era_temperature,
+                               self.class_vote_weighting)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Resources of Flower's simulation engine (Ray backend)."""
+
+    num_cpus: int = 2
+    cpus_per_client: float = 1.0
+    threads_per_client: int = 1
+    eval_every: int = 1
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A complete experiment: rounds, data, strategy, client recipe, clients."""
+
+    name: str = "experiment"
+    seed: int = 0
+    num_rounds: int = 30
+    api: str = "message"
+    local_only_baseline: bool = True
+    local_only_eval_every: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    recipe: DistillationRecipe = field(default_factory=DistillationRecipe)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    clients: tuple[ClientGroup, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.api not in API_FACES:
+            raise ConfigError(f"api must be one of {API_FACES}, got {self.api!r}")
+        if self.num_rounds < 1:
+            raise ConfigError(f"num_rounds must be at least 1, got {self.num_rounds}")
+        if not self.clients:
+            raise ConfigError("at least one [[clients]] group is required")
+        total = sum(g.count for g in self.clients)
+        if total != self.data.num_clients:
+            raise ConfigError(
+                f"[[clients]] groups add up to {total} clients but data.num_clients is "
+                f"{self.data.num_clients}"
+            )
+        self.strategy.consensus()  # validates the consensus fields
+        self.data.partitioner_spec()
+
+    def client_groups(self) -> list[ClientGroup]:
+        """One :class:`ClientGroup` per client id, in order."""
+        return [g for g in self.clients for _ in range(g.count)]
+
+    def with_overrides(self, **changes: Any) -> "ExperimentConfig":
+        """A copy with top-level fields or ``section.field`` entries replaced."""
+        raw = self.to_dict()
+        for key, value in changes.items():
+            section, _, name = key.rpartition(".")
+            (raw[section] if section else raw)[name] = value
+        return from_dict(raw)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (inverse of :func:`from_dict`), for results.json."""
+        raw = asdict(self)
+        raw["clients"] = [asdict(g) for g in self.clients]
+        return raw
+
+
+_SECTIONS = {"data": DataConfig, "strategy": StrategyConfig, "recipe": DistillationRecipe,
+             "simulation": SimulationConfig}
+
+
+def _build(cls: type, raw: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid [{where}]: {err}") from err
+
+
+def from_dict(raw: dict) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a plain dict."""
+    raw = dict(raw)
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        if name in raw:
+            kwargs[name] = _build(cls, dict(raw.pop(name)), name)
+    groups = raw.pop("clients", [])
+    kwargs["clients"] = tuple(_build(ClientGroup, dict(g), "clients") for g in groups)
+    known = {f.name for f in fields(ExperimentConfig)} - set(_SECTIONS) - {"clients"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s): {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return ExperimentConfig(**raw, **kwargs)
+    except TypeError as err:
+        raise ConfigError(str(err)) from err
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read an experiment TOML file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ConfigError
+        If the TOML is malformed or a value is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    return from_dict(raw)

@@ -1,0 +1,103 @@
+"""Build an experiment's pieces from its config: data split, clients, strategy, apps.
+
+Both ways of running an experiment use these builders: the ``flhet-sim`` CLI (which
+calls Flower's ``run_simulation``) and the Flower App in ``simulations/flower_app``
+(``flwr run``).
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Context
+
+from clients.client_app import distillation_client_app
+from clients.distillation_client import DistillationClient
+from clients.learners.sklearn_learner import SklearnLearner
+from clients.learners.torch_learner import TorchLearner
+from clients.models.sklearn_models import build_sklearn_model
+from clients.models.zoo import build_model
+from clients.numpy_client import DistillationNumPyClient
+from clients.state import client_id_from_context
+from flhet_strategies.compat_api import FedConsensusCompat
+from flhet_strategies.message_api import FedConsensus
+
+from .config import ExperimentConfig
+from .data.federated_split import FederatedSplit, make_federated_split
+
+
+def build_split(cfg: ExperimentConfig) -> FederatedSplit:
+    """The experiment's data split (cached per process by ``make_federated_split``)."""
+    d = cfg.data
+    return make_federated_split(
+        d.dataset, d.num_clients, d.partitioner_spec(), proxy_size=d.proxy_size,
+        proxy_validation_size=d.proxy_validation_size, private_size=d.private_size,
+        global_test_size=d.global_test_size, client_test_fraction=d.client_test_fraction,
+        seed=cfg.seed, data_dir=d.data_dir,
+    )
+
+
+def build_client(cfg: ExperimentConfig, client_id: int) -> DistillationClient:
+    """Client ``client_id`` with a freshly initialised model of its group's architecture."""
+    groups = cfg.client_groups()
+    if not 0 <= client_id < len(groups):
+        raise ValueError(f"client_id {client_id} out of range [0, {len(groups)})")
+    group = groups[client_id]
+    split = build_split(cfg)
+    data = split.clients[client_id]
+    model_seed = cfg.seed * 1000 + client_id
+    if group.framework == "scikit-learn":
+        estimator = build_sklearn_model(group.architecture.split(":", 1)[1], seed=model_seed)
+        learner = SklearnLearner(estimator, split.num_classes, seed=model_seed)
+    else:
+        model = build_model(group.architecture, split.input_shape, split.num_classes, seed=model_seed)
+        learner = TorchLearner(model, lr=group.lr, optimizer=group.optimizer,
+                               batch_size=group.batch_size, seed=model_seed)
+    return DistillationClient(
+        learner, data.train.x, data.train.y, data.test.x, data.test.y, split.proxy_x,
+        split.num_classes, global_test=(split.global_test.x, split.global_test.y),
+        seed=model_seed,
+    )
+
+
+def build_strategy(cfg: ExperimentConfig, recipe=None, evaluate_every: int | None = None):
+    """The server strategy for the config's API face (Message API or compat).
+
+    ``recipe`` and ``evaluate_every`` override the config's (the local-only baseline
+    uses ``kd_weight=0`` and evaluates only after the last round).
+    """
+    split = build_split(cfg)
+    s = cfg.strategy
+    common = dict(num_proxy=len(split.proxy_x), num_classes=split.num_classes,
+                  proxy_per_round=s.proxy_per_round, consensus=s.consensus(),
+                  recipe=recipe or cfg.recipe, seed=cfg.seed,
+                  evaluate_every=evaluate_every or cfg.simulation.eval_every)
+    if cfg.api == "message":
+        return FedConsensus(fraction_train=s.fraction_train, **common,
+                            min_available_nodes=cfg.data.num_clients)
+    return FedConsensusCompat(num_rounds=cfg.num_rounds, fraction_fit=s.fraction_train, **common,
+                              min_available_clients=cfg.data.num_clients)
+
+
+def _client_for(cfg: ExperimentConfig, context: Context) -> DistillationClient:
+    torch.set_num_threads(cfg.simulation.threads_per_client)
+    return build_client(cfg, client_id_from_context(context))
+
+
+def make_client_app(cfg: ExperimentConfig):
+    """The ClientApp for the config's API face."""
+    if cfg.api == "message":
+        return distillation_client_app(lambda context: _client_for(cfg, context))
+    from flwr.clientapp import ClientApp
+
+    def client_fn(context: Context):
+        client = _client_for(cfg, context)
+        return DistillationNumPyClient(client, client_id_from_context(context), context).to_client()
+
+    return ClientApp(client_fn=client_fn)
+
+
+def backend_config(cfg: ExperimentConfig) -> dict:
+    """Ray backend resources for ``run_simulation``."""
+    sim = cfg.simulation
+    return {"client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
+            "init_args": {"num_cpus": sim.num_cpus, "include_dashboard": False}}
