@@ -4,28 +4,28 @@ Examples
 --------
 ``flhet-sim run --config simulations/configs/fmnist_hetero.toml --out outputs/fmnist``
 ``flhet-sim run --config ... --out ... --set num_rounds=5 --set recipe.kd_weight=0.3``
+``flhet-sim bench --config simulations/configs/fmnist_hetero.toml --out outputs/bench --seeds 0,1,2``
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
+import shlex
 import json
 import logging
 import sys
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, parse_overrides
 
 
 def _parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
     try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
+        ((key, value),) = parse_overrides(shlex.quote(text)).items()
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder for results.json, report.md, accuracy.png")
     run.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
                      metavar="KEY=VALUE", help="override a config entry, e.g. recipe.kd_weight=0.3")
+    bench = sub.add_parser("bench", help="repeat an experiment over seeds; print mean and spread of the margins")
+    bench.add_argument("--config", required=True, help="experiment TOML file")
+    bench.add_argument("--out", required=True, help="output folder; one sub-folder per seed")
+    bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
+                       metavar="KEY=VALUE", help="override a config entry")
     return parser
 
 
@@ -55,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ConfigError) as err:
         print(f"flhet-sim: {err}", file=sys.stderr)
         return 2
+    if args.command == "bench":
+        from .seed_benchmark import run_seeds
+
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            print(f"flhet-sim: --seeds must be comma-separated integers, got {args.seeds!r}",
+                  file=sys.stderr)
+            return 2
+        run_seeds(cfg, seeds, args.out)
+        return 0
     from .runner import run_experiment
 
     results = run_experiment(cfg, args.out)

@@ -7,6 +7,8 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
+import ast
+import shlex
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -204,3 +206,34 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     return from_dict(raw)
+
+
+def parse_overrides(text: str) -> dict[str, object]:
+    """Parse ``"key=value key=value"`` (``flhet-sim --set`` syntax) into a dict.
+
+    Entries are separated by whitespace (shell-style quoting groups a value that
+    contains spaces); each value is read as a Python literal, else kept as a string.
+
+    Raises
+    ------
+    ConfigError
+        If an entry has no ``=`` or an empty key, or the quoting is unbalanced.
+    """
+    try:
+        entries = shlex.split(text)
+    except ValueError as err:
+        raise ConfigError(f"run config 'overrides' = {text!r}: {err}") from err
+    changes: dict[str, object] = {}
+    for entry in entries:
+        key, sep, raw = entry.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"run config 'overrides': entry {entry!r} is not KEY=VALUE "
+                "(e.g. 'num_rounds=5 recipe.kd_weight=0.3')"
+            )
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        changes[key.strip()] = value
+    return changes

@@ -7,6 +7,8 @@ calls Flower's ``run_simulation``) and the Flower App in ``simulations/flower_ap
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from flwr.app import Context
 
@@ -59,18 +61,33 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> DistillationClient:
     )
 
 
-def build_strategy(cfg: ExperimentConfig, recipe=None, evaluate_every: int | None = None):
+LOCAL_ONLY_PHASE = "local_only"
+"""Phase name of the local-only baseline (clients keep a separate model per phase)."""
+
+
+def build_strategy(cfg: ExperimentConfig, local_only: bool = False):
     """The server strategy for the config's API face (Message API or compat).
 
-    ``recipe`` and ``evaluate_every`` override the config's (the local-only baseline
-    uses ``kd_weight=0`` and evaluates only after the last round).
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment.
+    local_only : bool (default: False)
+        Build the local-only baseline instead: the same recipe with ``kd_weight=0``
+        (nobody learns from anybody, same private epochs), phase ``local_only`` (fresh
+        client models), evaluated every ``cfg.local_only_eval_every`` rounds (default:
+        only after the last round).
     """
     split = build_split(cfg)
     s = cfg.strategy
+    if local_only:
+        recipe = replace(cfg.recipe, kd_weight=0.0)
+        evaluate_every, phase = cfg.local_only_eval_every or cfg.num_rounds, LOCAL_ONLY_PHASE
+    else:
+        recipe, evaluate_every, phase = cfg.recipe, cfg.simulation.eval_every, "main"
     common = dict(num_proxy=len(split.proxy_x), num_classes=split.num_classes,
-                  proxy_per_round=s.proxy_per_round, consensus=s.consensus(),
-                  recipe=recipe or cfg.recipe, seed=cfg.seed,
-                  evaluate_every=evaluate_every or cfg.simulation.eval_every)
+                  proxy_per_round=s.proxy_per_round, consensus=s.consensus(), recipe=recipe,
+                  seed=cfg.seed, evaluate_every=evaluate_every, phase=phase)
     if cfg.api == "message":
         return FedConsensus(fraction_train=s.fraction_train, **common,
                             min_available_nodes=cfg.data.num_clients)

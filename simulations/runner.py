@@ -11,11 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from clients.models.zoo import describe
-from flhet_strategies.core.recipe import DistillationRecipe
 
 from .config import ExperimentConfig
 from .experiment import backend_config, build_split, build_strategy, make_client_app
@@ -25,18 +23,15 @@ HISTORY_KEYS = ("round", "client_accuracy_mean", "client_accuracy_std", "client_
                 "global_accuracy_mean", "bytes_up", "bytes_down", "seconds")
 
 
-def simulate(cfg: ExperimentConfig, recipe: DistillationRecipe | None = None,
-             evaluate_every: int | None = None) -> list[dict]:
+def simulate(cfg: ExperimentConfig, local_only: bool = False) -> list[dict]:
     """Run one federation in Flower's simulation engine; return the strategy's history.
 
     Parameters
     ----------
     cfg : ExperimentConfig
         The experiment.
-    recipe : DistillationRecipe, optional
-        Overrides ``cfg.recipe`` (the local-only baseline uses ``kd_weight=0``).
-    evaluate_every : int, optional
-        Overrides ``cfg.simulation.eval_every``.
+    local_only : bool (default: False)
+        Run the local-only baseline (see :func:`~simulations.experiment.build_strategy`).
 
     Returns
     -------
@@ -52,14 +47,14 @@ def simulate(cfg: ExperimentConfig, recipe: DistillationRecipe | None = None,
 
         @server_app.main()
         def main(grid, context):
-            strategy = build_strategy(cfg, recipe, evaluate_every)
+            strategy = build_strategy(cfg, local_only)
             sink["strategy"] = strategy
             strategy.start(grid=grid, num_rounds=cfg.num_rounds)
     else:
         from flwr.server import ServerAppComponents, ServerConfig
 
         def server_fn(context):
-            strategy = build_strategy(cfg, recipe, evaluate_every)
+            strategy = build_strategy(cfg, local_only)
             sink["strategy"] = strategy
             return ServerAppComponents(strategy=strategy,
                                        config=ServerConfig(num_rounds=cfg.num_rounds))
@@ -161,8 +156,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
     local_only = None
     if cfg.local_only_baseline:
         log.info("local-only baseline: same clients and epochs, kd_weight=0")
-        local_only = simulate(cfg, replace(cfg.recipe, kd_weight=0.0),
-                              evaluate_every=cfg.local_only_eval_every or cfg.num_rounds)
+        local_only = simulate(cfg, local_only=True)
     results = assemble_results(cfg, history, local_only, time.perf_counter() - t0)
     write_results_json(results, out)
     write_report(results, out)

@@ -1,0 +1,71 @@
+"""Experiment configuration: the shipped configs load; mistakes give clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from simulations.cli import main
+from simulations.config import ConfigError, from_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "simulations" / "configs"
+MAIN = CONFIGS / "fmnist_hetero.toml"
+
+
+def _raw(**changes):
+    raw = {"data": {"dataset": "digits", "num_clients": 2},
+           "clients": [{"architecture": "mlp", "count": 1},
+                       {"architecture": "sklearn:sgd_logreg", "count": 1}]}
+    raw.update(changes)
+    return raw
+
+
+def test_main_config_is_the_heterogeneous_fashion_mnist_job():
+    cfg = load_config(MAIN)
+    archs = {g.architecture for g in cfg.client_groups()}
+    assert cfg.data.dataset == "fashion_mnist" and cfg.data.num_clients == 10
+    assert cfg.data.partitioner_spec().to_dict()["alpha"] == 0.1
+    assert "vit_tiny" in archs and any(a.startswith("sklearn:") for a in archs)
+    assert len(archs) >= 4
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    assert load_config(path).num_rounds >= 1
+
+
+def test_overrides_replace_top_level_and_section_fields():
+    cfg = from_dict(_raw()).with_overrides(num_rounds=3, **{"recipe.kd_weight": 0.2})
+    assert cfg.num_rounds == 3 and cfg.recipe.kd_weight == 0.2
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_raw(clients=[]), "at least one"),
+        (_raw(clients=[{"architecture": "mlp", "count": 3}]), "add up to 3"),
+        (_raw(api="grpc"), "api must be one of"),
+        (_raw(num_rounds=0), "num_rounds"),
+        (_raw(data={"dataset": "digits", "num_clients": 2, "alpah": 1}), "unknown key"),
+        (_raw(strategy={"mode": "fedavg"}), "mode must be one of"),
+        (_raw(recipe={"schedule": "sometimes"}), "schedule"),
+        (_raw(colour="blue"), "unknown top-level"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(raw, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        from_dict(raw)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("num_rounds = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["bench", "--config", str(MAIN), "--out", str(tmp_path), "--seeds", "a,b"]) == 2
