@@ -117,11 +117,11 @@ def test_weight_fn_is_pluggable_and_validated():
     payloads = [_payload(i, 20, rng) for i in range(2)]
     only_first = ConsensusDistillation(
         100, C, 20, ConsensusConfig(class_vote_weighting=False, era_temperature=None),
-        weight_fn=lambda ps, r: np.array([1.0, 0.0]))
+        weight_fn=lambda ps, r, idx: np.array([1.0, 0.0]))
     out = only_first.aggregate(1, payloads)
     expected = np.exp(payloads[0].logits) / np.exp(payloads[0].logits).sum(1, keepdims=True)
     np.testing.assert_allclose(out.consensus, expected, atol=1e-6)
-    broken = ConsensusDistillation(100, C, 20, weight_fn=lambda ps, r: np.array([-1.0, 2.0]))
+    broken = ConsensusDistillation(100, C, 20, weight_fn=lambda ps, r, idx: np.array([-1.0, 2.0]))
     with pytest.raises(ValueError, match="non-negative"):
         broken.aggregate(1, payloads)
 
@@ -134,3 +134,24 @@ def test_recipe_round_trips_through_flower_config():
     assert DistillationRecipe.from_config({**config, "unrelated": 1}) == recipe
     with pytest.raises(ValueError, match="schedule"):
         DistillationRecipe(schedule="alternating")
+
+
+def test_always_include_indices_are_in_every_round_and_passed_to_weight_fn():
+    seen = []
+
+    def record(payloads, server_round, proxy_indices):
+        seen.append(proxy_indices)
+        return np.ones(len(payloads))
+
+    fixed = np.array([3, 7, 11])
+    p = ConsensusDistillation(200, C, 20, weight_fn=record, always_include=fixed)
+    for r in (1, 2, 3):
+        idx = p.proxy_indices(r)
+        assert len(idx) == 20 and len(np.unique(idx)) == 20 and set(fixed) <= set(idx)
+    rng = np.random.default_rng(5)
+    p.aggregate(2, [_payload(0, 20, rng)])
+    np.testing.assert_array_equal(seen[0], p.proxy_indices(2))
+    with pytest.raises(ValueError, match="more than proxy_per_round"):
+        ConsensusDistillation(200, C, 2, always_include=fixed)
+    with pytest.raises(ValueError, match="must lie in"):
+        ConsensusDistillation(200, C, 20, always_include=np.array([500]))

@@ -81,7 +81,7 @@ def test_parameter_counts_differ_across_architectures(input_shape: tuple[int, in
     }
     assert len(set(counts.values())) == len(ARCHITECTURES), counts
     assert 50_000 <= counts["cnn_small"] <= 100_000
-    assert 300_000 <= counts["cnn_wide"] <= 600_000
+    assert 80_000 <= counts["cnn_wide"] <= 120_000  # 32-64-128 channels with batch norm
     assert counts["resnet18"] > 10 * counts["cnn_wide"]
 
 

@@ -138,6 +138,10 @@ class ConsensusDistillation:
         Client weights; replace it for contribution-weighted aggregation.
     seed : int (default: 0)
         Seed of the proxy-subset sampler.
+    always_include : np.ndarray, optional
+        Proxy indices requested in every round on top of the random subset, e.g. the
+        server's labeled validation slice, so that contribution estimates can score
+        every round's predictions. They count towards ``proxy_per_round``.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class ConsensusDistillation:
         consensus: ConsensusConfig | None = None,
         weight_fn: WeightFn = sample_count_weights,
         seed: int = 0,
+        always_include: np.ndarray | None = None,
     ) -> None:
         if num_proxy < 1:
             raise ValueError(f"num_proxy must be at least 1, got {num_proxy}")
@@ -161,14 +166,27 @@ class ConsensusDistillation:
         self.consensus_config = consensus or ConsensusConfig()
         self.weight_fn = weight_fn
         self.seed = int(seed)
+        fixed = np.unique(np.asarray([] if always_include is None else always_include, dtype=np.int64))
+        if fixed.size and (fixed.min() < 0 or fixed.max() >= self.num_proxy):
+            raise ValueError(f"always_include indices must lie in [0, {self.num_proxy})")
+        if fixed.size > self.proxy_per_round:
+            raise ValueError(
+                f"always_include has {fixed.size} indices, more than proxy_per_round "
+                f"({self.proxy_per_round})"
+            )
+        self.always_include = fixed
         self._consensus_indices = np.zeros(0, dtype=np.int64)
         self._consensus = np.zeros((0, self.num_classes), dtype=np.float32)
 
     def proxy_indices(self, server_round: int) -> np.ndarray:
         """Proxy indices for a round: a seeded draw, reproducible per round."""
         rng = np.random.default_rng([self.seed, int(server_round)])
-        idx = rng.choice(self.num_proxy, size=self.proxy_per_round, replace=False)
-        return np.sort(idx).astype(np.int64)
+        if not self.always_include.size:
+            idx = rng.choice(self.num_proxy, size=self.proxy_per_round, replace=False)
+            return np.sort(idx).astype(np.int64)
+        pool = np.setdiff1d(np.arange(self.num_proxy), self.always_include)
+        extra = rng.choice(pool, size=self.proxy_per_round - self.always_include.size, replace=False)
+        return np.sort(np.concatenate([self.always_include, extra])).astype(np.int64)
 
     @property
     def consensus(self) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +239,8 @@ class ConsensusDistillation:
         valid, rejected = self.validate(server_round, payloads)
         if not valid:
             return AggregationOutcome(consensus=None, rejected=rejected, bytes_up=bytes_up)
-        weights = np.asarray(self.weight_fn(valid, server_round), dtype=np.float64)
+        indices = self.proxy_indices(server_round)
+        weights = np.asarray(self.weight_fn(valid, server_round, indices), dtype=np.float64)
         if weights.shape != (len(valid),) or np.any(weights < 0) or weights.sum() <= 0:
             raise ValueError(
                 f"weight_fn must return {len(valid)} non-negative weights, not all zero; "
@@ -233,7 +252,7 @@ class ConsensusDistillation:
         consensus = logit_consensus(
             np.stack([p.logits for p in valid]), weights, self.consensus_config, counts
         )
-        self._consensus_indices = self.proxy_indices(server_round)
+        self._consensus_indices = indices
         self._consensus = consensus
         norm = weights / weights.sum()
         return AggregationOutcome(

@@ -13,11 +13,18 @@ import numpy as np
 
 from .payload import ClientPayload
 
-WeightFn = Callable[[Sequence[ClientPayload], int], np.ndarray]
-"""Signature of a weight function: ``(payloads, server_round) -> weights (n,)``."""
+WeightFn = Callable[[Sequence[ClientPayload], int, np.ndarray], np.ndarray]
+"""Signature of a weight function: ``(payloads, server_round, proxy_indices) -> weights``.
+
+``payloads`` are the round's validated payloads in client-id order, ``proxy_indices``
+the proxy samples their logits refer to (row ``k`` of every payload's logits is proxy
+sample ``proxy_indices[k]``), and the result holds one non-negative weight per payload.
+"""
 
 
-def sample_count_weights(payloads: Sequence[ClientPayload], server_round: int) -> np.ndarray:
+def sample_count_weights(
+    payloads: Sequence[ClientPayload], server_round: int, proxy_indices: np.ndarray | None = None
+) -> np.ndarray:
     """Weight each client by its number of private training examples.
 
     Parameters
@@ -26,6 +33,8 @@ def sample_count_weights(payloads: Sequence[ClientPayload], server_round: int) -
         The round's accepted payloads.
     server_round : int
         The current round (unused; part of the :data:`WeightFn` signature).
+    proxy_indices : np.ndarray, optional
+        The round's proxy indices (unused).
 
     Returns
     -------
@@ -35,7 +44,9 @@ def sample_count_weights(payloads: Sequence[ClientPayload], server_round: int) -
     return np.array([p.num_examples for p in payloads], dtype=np.float64)
 
 
-def uniform_weights(payloads: Sequence[ClientPayload], server_round: int) -> np.ndarray:
+def uniform_weights(
+    payloads: Sequence[ClientPayload], server_round: int, proxy_indices: np.ndarray | None = None
+) -> np.ndarray:
     """Weight every client equally (one client, one vote).
 
     Parameters
@@ -44,6 +55,8 @@ def uniform_weights(payloads: Sequence[ClientPayload], server_round: int) -> np.
         The round's accepted payloads.
     server_round : int
         The current round (unused).
+    proxy_indices : np.ndarray, optional
+        The round's proxy indices (unused).
 
     Returns
     -------
