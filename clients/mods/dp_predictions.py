@@ -1,0 +1,230 @@
+"""Client mod: differentially private prediction payloads (Message API).
+
+:class:`DpPredictionsMod` wraps the train handler of
+:func:`clients.client_app.distillation_client_app`. On every ``TRAIN`` reply it takes the
+client's logits on the proxy samples (array ``"logits"`` of the reply's ``ArrayRecord``
+``"reply"``), turns them into probabilities (softmax, temperature 1), clips them in L2
+(:mod:`flhet_strategies.core.dp.clipping`) and adds the client's share
+``N(0, (z S)^2 / n)`` of the Gaussian noise, so that the sum of ``n`` replies carries
+``N(0, (z S)^2)`` (:mod:`flhet_strategies.core.dp.gaussian`). The label histogram
+(``"class_counts"``) is exact private information and is dropped unless asked for.
+
+Encodings of the noisy reply
+----------------------------
+``"log-probabilities"`` (default) -- works with today's DS-FL server. The noisy row is
+clamped to ``min_probability``, renormalised onto the simplex (post-processing of this
+client's own release) and sent as ``"logits" = log q``. The server's DS-FL step at
+temperature 1 computes ``softmax(log q) = q``, so its consensus is the weighted mean of
+the clients' noisy distributions ``q_i`` (then entropy reduction, also post-processing).
+The clamping is not linear, so the noise does **not** add up across clients: a server
+that sees the replies sees each client with noise multiplier ``z / sqrt(n)``. Use it
+with ``num_clients = 1`` (local DP, each reply carries the full ``z``), or account
+``z / sqrt(n)``.
+
+``"probabilities"`` -- for distributed DP proper: the unclamped noisy clipped
+probabilities go out as array ``"noisy_probabilities"`` (``"logits"`` is removed, so a
+server that does not know this encoding rejects the reply instead of misreading it).
+The server must sum the replies linearly, through a secure sum or a DP-aware
+aggregation, with public weights; the sum of ``n`` shares carries ``z``. Post-process
+the sum with :func:`flhet_strategies.core.dp.noisy_rows_to_probabilities`.
+
+Either way the reply gets a ``ConfigRecord`` ``"dp"`` describing what was done
+(encoding, noise std, payload bound ``S``, ``n``, clip mode), for the server to check.
+
+Parameters come from the train message's config record (keys :data:`NOISE_MULTIPLIER_KEY`,
+:data:`CLIP_NORM_KEY`, :data:`NUM_CLIENTS_KEY`; the server knows the cohort size ``n``)
+and fall back to the mod's construction arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from logging import ERROR, INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
+
+from flhet_strategies.core.consensus import softmax
+from flhet_strategies.core.dp import (
+    CLIP_MODES,
+    add_noise_share,
+    clip_payload,
+    noise_share_std,
+    noisy_rows_to_probabilities,
+    payload_norm_bound,
+)
+from flhet_strategies.message_api import CONFIG_KEY, REPLY_KEY
+from flhet_strategies.records import arrays_to_record, record_to_arrays
+
+NOISE_MULTIPLIER_KEY = "dp-noise-multiplier"
+"""Config key: ``z``, noise std on the sum of the cohort's replies over the bound ``S``."""
+
+CLIP_NORM_KEY = "dp-clip-norm"
+"""Config key: the clipping parameter (``S`` for flat clipping, the row bound for per-row)."""
+
+NUM_CLIENTS_KEY = "dp-num-clients"
+"""Config key: ``n``, the replies whose noise shares make up the sum."""
+
+DP_RECORD_KEY = "dp"
+"""Reply ``ConfigRecord`` describing the applied mechanism."""
+
+NOISY_PROBABILITIES_ARRAY = "noisy_probabilities"
+"""Reply array of the linear ``"probabilities"`` encoding."""
+
+ENCODINGS = ("log-probabilities", "probabilities")
+
+
+class DpPredictionsMod:
+    """Clip and noise the proxy-set predictions of flhet's distillation replies.
+
+    Parameters
+    ----------
+    noise_multiplier : float, optional
+        ``z`` for the sum of the cohort's replies; the config key
+        ``"dp-noise-multiplier"`` overrides it.
+    clip_norm : float, optional
+        Clipping parameter; ``"dp-clip-norm"`` overrides it. With flat clipping, values
+        at or above ``sqrt(m)`` clip nothing (a probability payload of ``m`` rows has L2
+        norm at most ``sqrt(m)``).
+    num_clients : int (default: 1)
+        ``n``, shares in the sum; ``"dp-num-clients"`` overrides it. 1 is local DP.
+    clip_mode : str (default: "flat")
+        ``"flat"`` (whole payload to norm ``S``) or ``"per-row"`` (each proxy sample's
+        row to norm ``clip_norm``, so ``S = clip_norm * sqrt(m)``).
+    encoding : str (default: "log-probabilities")
+        ``"log-probabilities"`` or ``"probabilities"`` (see the module docstring).
+    min_probability : float (default: 1e-6)
+        Clamp floor of the log-probability encoding.
+    keep_class_counts : bool (default: False)
+        Send the exact label histogram too (it is not protected by the noise).
+    rng : numpy.random.Generator, optional
+        For tests only: a fixed generator. By default every reply draws from a fresh
+        OS-seeded generator, so clients in one simulation never share noise.
+
+    Examples
+    --------
+    ::
+
+        app = distillation_client_app(factory, mods=[DpPredictionsMod(clip_norm=10.0)])
+    """
+
+    def __init__(
+        self,
+        noise_multiplier: float | None = None,
+        clip_norm: float | None = None,
+        num_clients: int = 1,
+        clip_mode: str = "flat",
+        encoding: str = "log-probabilities",
+        min_probability: float = 1e-6,
+        keep_class_counts: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if not 0.0 < min_probability < 1e-2:
+            raise ValueError(f"min_probability must be in (0, 0.01), got {min_probability!r}")
+        self.noise_multiplier = noise_multiplier
+        self.clip_norm = clip_norm
+        self.num_clients = num_clients
+        self.clip_mode = clip_mode
+        self.encoding = encoding
+        self.min_probability = float(min_probability)
+        self.keep_class_counts = bool(keep_class_counts)
+        self.rng = rng
+
+    def _parameters(self, msg: Message) -> tuple[float, float, int]:
+        config = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
+        z = config.get(NOISE_MULTIPLIER_KEY, self.noise_multiplier)
+        clip = config.get(CLIP_NORM_KEY, self.clip_norm)
+        n = config.get(NUM_CLIENTS_KEY, self.num_clients)
+        for key, value in ((NOISE_MULTIPLIER_KEY, z), (CLIP_NORM_KEY, clip)):
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ValueError(
+                    f"'{key}' must be a positive number, sent in the train config or given "
+                    f"to DpPredictionsMod; got {value!r}"
+                )
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 1:
+            raise ValueError(f"'{NUM_CLIENTS_KEY}' must be a positive integer, got {n!r}")
+        return float(z), float(clip), int(n)
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        """Run the app, then privatize the predictions of a ``TRAIN`` reply.
+
+        Parameters
+        ----------
+        msg : Message
+            The message from the ServerApp.
+        context : Context
+            The node's context.
+        call_next : ClientAppCallable
+            The next mod or the ClientApp.
+
+        Returns
+        -------
+        Message
+            The reply with noisy predictions, the app's own error reply, or an error
+            reply (``MOD_FAILED_PRECONDITION``) saying what was missing.
+        """
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        try:
+            z, clip, n = self._parameters(msg)
+        except ValueError as err:
+            return _error_reply(msg, str(err))
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        records = reply.content.array_records
+        if REPLY_KEY not in records or "logits" not in records[REPLY_KEY]:
+            return _error_reply(
+                msg, f"DpPredictionsMod expects array 'logits' in the reply's ArrayRecord "
+                f"'{REPLY_KEY}' (flhet distillation protocol); found {sorted(records)}")
+        arrays = record_to_arrays(records[REPLY_KEY])
+        logits = np.asarray(arrays.pop("logits"))
+        if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) \
+                or not np.all(np.isfinite(logits)):
+            return _error_reply(
+                msg, f"DpPredictionsMod needs finite floating logits of shape "
+                f"(samples, classes); got dtype {logits.dtype}, shape {logits.shape}")
+        bound = payload_norm_bound(clip, self.clip_mode, logits.shape[0])
+        clipped = clip_payload(softmax(logits), clip, self.clip_mode)
+        rng = self.rng if self.rng is not None else np.random.default_rng()
+        noisy = add_noise_share(clipped, z, bound, n, rng)
+        if self.encoding == "log-probabilities":
+            q = noisy_rows_to_probabilities(noisy, floor=self.min_probability)
+            arrays["logits"] = np.log(q).astype(np.float32)
+        else:
+            arrays[NOISY_PROBABILITIES_ARRAY] = noisy.astype(np.float32)
+        if not self.keep_class_counts:
+            arrays.pop("class_counts", None)
+        std = noise_share_std(z, bound, n)
+        reply.content[REPLY_KEY] = arrays_to_record(arrays)
+        reply.content[DP_RECORD_KEY] = ConfigRecord({
+            "encoding": self.encoding, "noise-std": std, "norm-bound": bound,
+            "noise-multiplier": z, "num-clients": n, "clip-mode": self.clip_mode,
+        })
+        log(INFO, "DpPredictionsMod: %s predictions clipped to L2 %.4g (%s), noise std %.4g",
+            logits.shape, bound, self.clip_mode, std)
+        return reply
+
+
+def _error_reply(msg: Message, reason: str) -> Message:
+    log(ERROR, reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
+__all__ = [
+    "CLIP_NORM_KEY",
+    "DP_RECORD_KEY",
+    "ENCODINGS",
+    "NOISE_MULTIPLIER_KEY",
+    "NOISY_PROBABILITIES_ARRAY",
+    "NUM_CLIENTS_KEY",
+    "DpPredictionsMod",
+]

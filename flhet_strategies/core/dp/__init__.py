@@ -1,0 +1,59 @@
+"""Differential-privacy building blocks on client payloads (pure numpy, no Flower import).
+
+* :mod:`.clipping` -- L2 clipping of a payload, flat or per row.
+* :mod:`.sensitivity` -- the L2 sensitivity of a sum of clipped payloads under
+  add-or-remove-one and replace-one, derived for prediction payloads.
+* :mod:`.gaussian` -- central noise on the clipped sum, and distributed noise shares.
+* :mod:`.postprocess` -- noisy probability rows back onto the simplex.
+
+Privacy accounting (epsilon, delta over rounds) lives in
+:mod:`flhet_strategies.privacy.accounting`, on Flower's ``RdpAccountant``.
+"""
+
+from .clipping import (
+    CLIP_MODES,
+    clip_by_l2_norm,
+    clip_payload,
+    clip_rows_by_l2_norm,
+    payload_norm_bound,
+)
+from .gaussian import (
+    add_central_noise,
+    add_noise_share,
+    central_noise_std,
+    gaussian_noise,
+    noise_share_std,
+    realized_noise_multiplier,
+)
+from .postprocess import noisy_rows_to_probabilities
+from .sensitivity import (
+    ADD_OR_REMOVE_ONE,
+    NEIGHBOURING_RELATIONS,
+    REPLACE_ONE,
+    accounting_noise_multiplier,
+    prediction_payload_sensitivity,
+    sensitivity_factor,
+    sum_sensitivity,
+)
+
+__all__ = [
+    "ADD_OR_REMOVE_ONE",
+    "CLIP_MODES",
+    "NEIGHBOURING_RELATIONS",
+    "REPLACE_ONE",
+    "accounting_noise_multiplier",
+    "add_central_noise",
+    "add_noise_share",
+    "central_noise_std",
+    "clip_by_l2_norm",
+    "clip_payload",
+    "clip_rows_by_l2_norm",
+    "gaussian_noise",
+    "noise_share_std",
+    "noisy_rows_to_probabilities",
+    "payload_norm_bound",
+    "prediction_payload_sensitivity",
+    "realized_noise_multiplier",
+    "sensitivity_factor",
+    "sum_sensitivity",
+]
