@@ -8,6 +8,7 @@ travels as ``Parameters`` holding ``[proxy_indices, consensus_indices, consensus
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -71,6 +72,9 @@ class FedConsensusCompat(Strategy):
     phase : str (default: "main")
         Name of this run, sent with every message; clients keep one model per phase,
         so one federation can host several runs (e.g. a local-only baseline).
+    always_include : np.ndarray, optional
+        Proxy indices requested in every round (part of ``proxy_per_round``), e.g. the
+        server's labeled validation slice for contribution weighting.
     """
 
     def __init__(
@@ -88,12 +92,13 @@ class FedConsensusCompat(Strategy):
         evaluate_every: int = 1,
         seed: int = 0,
         phase: str = "main",
+        always_include: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < fraction_fit <= 1.0 or not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError("fraction_fit must be in (0, 1], fraction_evaluate in [0, 1]")
         protocol = ConsensusDistillation(num_proxy, num_classes, proxy_per_round,
-                                         consensus, weight_fn, seed)
+                                         consensus, weight_fn, seed, always_include)
         self.server = ConsensusServer(protocol, recipe, num_rounds, evaluate_every, phase)
         self.fraction_fit = fraction_fit
         self.fraction_evaluate = fraction_evaluate

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from logging import INFO
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -65,6 +66,10 @@ class FedConsensus(Strategy):
     phase : str (default: "main")
         Name of this run, sent with every message; clients keep one model per phase,
         so one federation can host several runs (e.g. a local-only baseline).
+    always_include : np.ndarray, optional
+        Proxy indices requested in every round (part of ``proxy_per_round``), e.g. the
+        server's labeled validation slice for
+        :class:`~flhet_strategies.core.contribution.weighting.ContributionWeighting`.
     """
 
     def __init__(
@@ -81,11 +86,12 @@ class FedConsensus(Strategy):
         evaluate_every: int = 1,
         seed: int = 0,
         phase: str = "main",
+        always_include: np.ndarray | None = None,
     ) -> None:
         if not 0.0 < fraction_train <= 1.0 or not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError("fraction_train must be in (0, 1], fraction_evaluate in [0, 1]")
         protocol = ConsensusDistillation(num_proxy, num_classes, proxy_per_round,
-                                         consensus, weight_fn, seed)
+                                         consensus, weight_fn, seed, always_include)
         self.server = ConsensusServer(protocol, recipe, evaluate_every=evaluate_every, phase=phase)
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate

@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from flhet_strategies.core.consensus import ConsensusConfig
+from flhet_strategies.core.contribution.auto import ESTIMATOR_NAMES
 from flhet_strategies.core.recipe import DistillationRecipe
 
 from .data.partitioning import PartitionerSpec
 
 API_FACES = ("message", "compat")
+
+CLIENT_ROLES = ("", "free_rider", "label_noise", "twin")
+"""Roles a ``[[clients]]`` group may play in contribution experiments (``""``: honest)."""
 
 
 class ConfigError(ValueError):
@@ -42,6 +46,16 @@ class ClientGroup:
         ``sgd``, ``adam`` or ``adamw`` (PyTorch models).
     batch_size : int
         Mini-batch size.
+    role : str
+        ``""`` (honest), ``"free_rider"`` (never trains, replies with random logits:
+        :class:`~clients.learners.free_rider.FreeRiderLearner`; ``architecture`` is
+        what it claims to run), ``"label_noise"`` (data of its twin's size and class
+        mix with ``flip_fraction`` of the training labels flipped, see
+        :mod:`simulations.data.label_noise`) or ``"twin"`` (the honest client the
+        label-noise client is matched to). ``label_noise`` and ``twin`` groups hold
+        one client each.
+    flip_fraction : float
+        Share of flipped training labels of a ``label_noise`` client, in ``(0, 1]``.
     """
 
     architecture: str
@@ -49,6 +63,16 @@ class ClientGroup:
     lr: float = 0.05
     optimizer: str = "sgd"
     batch_size: int = 64
+    role: str = ""
+    flip_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.role not in CLIENT_ROLES:
+            raise ValueError(f"role must be one of {CLIENT_ROLES}, got {self.role!r}")
+        if self.role in ("label_noise", "twin") and self.count != 1:
+            raise ValueError(f"a {self.role!r} group must have count = 1, got {self.count}")
+        if not 0.0 < self.flip_fraction <= 1.0:
+            raise ValueError(f"flip_fraction must lie in (0, 1], got {self.flip_fraction}")
 
     @property
     def framework(self) -> str:
@@ -94,6 +118,57 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class ContributionConfig:
+    """Shapley contributions of the clients, and aggregation weights from them.
+
+    See :class:`flhet_strategies.core.contribution.weighting.ContributionWeighting`
+    for ``method``, ``budget``, ``mix``, ``use_for_weights``, ``decay`` and ``metric``.
+    Values are measured on the server's labeled validation slice of the proxy set
+    (``data.proxy_validation_size`` samples, requested from the clients every round).
+
+    Parameters
+    ----------
+    enabled : bool
+        Measure contributions (``results.json`` gets ``contributions``).
+    method : str
+        Shapley estimator (``"auto"``: exact while ``2**n <= budget``).
+    budget : int
+        Utility evaluations per round for sampling estimators.
+    mix : float
+        Share of contribution weights vs sample-count weights, in ``[0, 1]``.
+    use_for_weights : bool
+        False: audit only (aggregate with sample counts).
+    decay : float
+        Discount of older rounds in the weighting score, in ``[0, 1]``.
+    metric : str
+        ``"accuracy"`` or ``"neg_log_loss"`` of a coalition's consensus.
+    sample_count_baseline : bool
+        Also run the same strategy with sample-count weights (contributions audited)
+        in the same invocation: ``baselines.sample_count_weighting``.
+    """
+
+    enabled: bool = False
+    method: str = "auto"
+    budget: int = 2000
+    mix: float = 1.0
+    use_for_weights: bool = True
+    decay: float = 0.5
+    metric: str = "accuracy"
+    sample_count_baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ESTIMATOR_NAMES:
+            raise ValueError(f"method must be one of {ESTIMATOR_NAMES}, got {self.method!r}")
+        if self.budget < 1:
+            raise ValueError(f"budget must be at least 1, got {self.budget}")
+        for name in ("mix", "decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.metric not in ("accuracy", "neg_log_loss"):
+            raise ValueError(f'metric must be "accuracy" or "neg_log_loss", got {self.metric!r}')
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Resources of Flower's simulation engine (Ray backend)."""
 
@@ -105,7 +180,7 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A complete experiment: rounds, data, strategy, client recipe, clients."""
+    """A complete experiment: rounds, data, strategy, client recipe, contributions, clients."""
 
     name: str = "experiment"
     seed: int = 0
@@ -117,6 +192,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     recipe: DistillationRecipe = field(default_factory=DistillationRecipe)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    contribution: ContributionConfig = field(default_factory=ContributionConfig)
     clients: tuple[ClientGroup, ...] = ()
 
     def __post_init__(self) -> None:
@@ -134,6 +210,34 @@ class ExperimentConfig:
             )
         self.strategy.consensus()  # validates the consensus fields
         self.data.partitioner_spec()
+        self._check_roles()
+        if self.contribution.enabled and not (
+            1 <= self.data.proxy_validation_size <= self.strategy.proxy_per_round
+        ):
+            raise ConfigError(
+                "[contribution] needs the labeled validation slice in every round: "
+                f"data.proxy_validation_size ({self.data.proxy_validation_size}) must be "
+                f"between 1 and strategy.proxy_per_round ({self.strategy.proxy_per_round})"
+            )
+
+    def _check_roles(self) -> None:
+        by_role = {role: [g for g in self.clients if g.role == role]
+                   for role in ("label_noise", "twin")}
+        if any(len(groups) > 1 for groups in by_role.values()):
+            raise ConfigError("at most one [[clients]] group may have role 'label_noise', "
+                              "and at most one role 'twin'")
+        noisy, twin = by_role["label_noise"], by_role["twin"]
+        if bool(noisy) != bool(twin):
+            raise ConfigError("a 'label_noise' client needs a 'twin' group and vice versa")
+        if noisy and noisy[0].architecture != twin[0].architecture:
+            raise ConfigError(
+                f"the label-noise client ({noisy[0].architecture}) and its twin "
+                f"({twin[0].architecture}) must have the same architecture: a matched pair"
+            )
+
+    def client_roles(self) -> list[str]:
+        """The role of every client id, in order (``""`` for honest clients)."""
+        return [g.role for g in self.client_groups()]
 
     def client_groups(self) -> list[ClientGroup]:
         """One :class:`ClientGroup` per client id, in order."""
@@ -155,7 +259,7 @@ class ExperimentConfig:
 
 
 _SECTIONS = {"data": DataConfig, "strategy": StrategyConfig, "recipe": DistillationRecipe,
-             "simulation": SimulationConfig}
+             "simulation": SimulationConfig, "contribution": ContributionConfig}
 
 
 def _build(cls: type, raw: dict, where: str):

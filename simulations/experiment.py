@@ -14,6 +14,7 @@ from flwr.app import Context
 
 from clients.client_app import distillation_client_app
 from clients.distillation_client import DistillationClient
+from clients.learners.free_rider import FreeRiderLearner
 from clients.learners.sklearn_learner import SklearnLearner
 from clients.learners.torch_learner import TorchLearner
 from clients.models.sklearn_models import build_sklearn_model
@@ -21,21 +22,35 @@ from clients.models.zoo import build_model
 from clients.numpy_client import DistillationNumPyClient
 from clients.state import client_id_from_context
 from flhet_strategies.compat_api import FedConsensusCompat
+from flhet_strategies.core.contribution.ledger import ContributionLedger
+from flhet_strategies.core.contribution.weighting import ContributionWeighting
 from flhet_strategies.message_api import FedConsensus
 
 from .config import ExperimentConfig
 from .data.federated_split import FederatedSplit, make_federated_split
+from .data.label_noise import with_label_noise_twin
 
 
 def build_split(cfg: ExperimentConfig) -> FederatedSplit:
-    """The experiment's data split (cached per process by ``make_federated_split``)."""
+    """The experiment's data split (cached per process by ``make_federated_split``).
+
+    A ``label_noise`` client gets its twin's size and class mix with flipped labels
+    (:func:`~simulations.data.label_noise.with_label_noise_twin`, cached as well).
+    """
     d = cfg.data
-    return make_federated_split(
+    split = make_federated_split(
         d.dataset, d.num_clients, d.partitioner_spec(), proxy_size=d.proxy_size,
         proxy_validation_size=d.proxy_validation_size, private_size=d.private_size,
         global_test_size=d.global_test_size, client_test_fraction=d.client_test_fraction,
         seed=cfg.seed, data_dir=d.data_dir,
     )
+    roles = cfg.client_roles()
+    if "label_noise" in roles:
+        noisy = roles.index("label_noise")
+        split = with_label_noise_twin(split, noisy, roles.index("twin"),
+                                      cfg.client_groups()[noisy].flip_fraction, cfg.seed,
+                                      d.dataset, d.data_dir)
+    return split
 
 
 def build_client(cfg: ExperimentConfig, client_id: int) -> DistillationClient:
@@ -47,7 +62,9 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> DistillationClient:
     split = build_split(cfg)
     data = split.clients[client_id]
     model_seed = cfg.seed * 1000 + client_id
-    if group.framework == "scikit-learn":
+    if group.role == "free_rider":
+        learner = FreeRiderLearner(split.num_classes, seed=model_seed)
+    elif group.framework == "scikit-learn":
         estimator = build_sklearn_model(group.architecture.split(":", 1)[1], seed=model_seed)
         learner = SklearnLearner(estimator, split.num_classes, seed=model_seed)
     else:
@@ -64,9 +81,38 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> DistillationClient:
 LOCAL_ONLY_PHASE = "local_only"
 """Phase name of the local-only baseline (clients keep a separate model per phase)."""
 
+SAMPLE_COUNT_PHASE = "sample_count_weighting"
+"""Phase name of the sample-count-weighted baseline of a contribution-weighted run."""
 
-def build_strategy(cfg: ExperimentConfig, local_only: bool = False):
+
+def build_contribution_weighting(cfg: ExperimentConfig, audit_only: bool = False
+                                 ) -> ContributionWeighting:
+    """The ``[contribution]`` weight function, on the split's labeled validation slice.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment.
+    audit_only : bool (default: False)
+        Record contributions but weight by sample counts, whatever
+        ``contribution.use_for_weights`` says (the sample-count baseline).
+    """
+    split, c = build_split(cfg), cfg.contribution
+    return ContributionWeighting(
+        split.proxy_validation_indices, split.proxy_validation.y,
+        consensus=cfg.strategy.consensus(), method=c.method, budget=c.budget, mix=c.mix,
+        use_for_weights=c.use_for_weights and not audit_only, decay=c.decay, metric=c.metric,
+        seed=cfg.seed,
+    )
+
+
+def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
+                   sample_count_weighting: bool = False):
     """The server strategy for the config's API face (Message API or compat).
+
+    With ``[contribution] enabled`` the strategy weights clients by
+    :func:`build_contribution_weighting` and asks every round for the labeled
+    validation slice of the proxy set (``always_include``).
 
     Parameters
     ----------
@@ -76,7 +122,11 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False):
         Build the local-only baseline instead: the same recipe with ``kd_weight=0``
         (nobody learns from anybody, same private epochs), phase ``local_only`` (fresh
         client models), evaluated every ``cfg.local_only_eval_every`` rounds (default:
-        only after the last round).
+        only after the last round). It measures no contributions.
+    sample_count_weighting : bool (default: False)
+        Build the sample-count baseline of a contribution-weighted run: the same
+        strategy, proxy requests and contribution audit, but sample-count weights,
+        under phase ``sample_count_weighting`` (fresh client models).
     """
     split = build_split(cfg)
     s = cfg.strategy
@@ -84,15 +134,25 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False):
         recipe = replace(cfg.recipe, kd_weight=0.0)
         evaluate_every, phase = cfg.local_only_eval_every or cfg.num_rounds, LOCAL_ONLY_PHASE
     else:
-        recipe, evaluate_every, phase = cfg.recipe, cfg.simulation.eval_every, "main"
+        recipe, evaluate_every = cfg.recipe, cfg.simulation.eval_every
+        phase = SAMPLE_COUNT_PHASE if sample_count_weighting else "main"
     common = dict(num_proxy=len(split.proxy_x), num_classes=split.num_classes,
                   proxy_per_round=s.proxy_per_round, consensus=s.consensus(), recipe=recipe,
                   seed=cfg.seed, evaluate_every=evaluate_every, phase=phase)
+    if cfg.contribution.enabled and not local_only:
+        common.update(weight_fn=build_contribution_weighting(cfg, sample_count_weighting),
+                      always_include=split.proxy_validation_indices)
     if cfg.api == "message":
         return FedConsensus(fraction_train=s.fraction_train, **common,
                             min_available_nodes=cfg.data.num_clients)
     return FedConsensusCompat(num_rounds=cfg.num_rounds, fraction_fit=s.fraction_train, **common,
                               min_available_clients=cfg.data.num_clients)
+
+
+def contribution_ledger(strategy) -> ContributionLedger | None:
+    """The contribution ledger of a strategy built by :func:`build_strategy`, if it keeps one."""
+    weight_fn = strategy.server.protocol.weight_fn
+    return weight_fn.ledger if isinstance(weight_fn, ContributionWeighting) else None
 
 
 def _client_for(cfg: ExperimentConfig, context: Context) -> DistillationClient:

@@ -26,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .contribution_report import contribution_markdown
+
 RESULTS_FILENAME: Final = "results.json"
 REPORT_FILENAME: Final = "report.md"
 PLOT_FILENAME: Final = "accuracy.png"
@@ -342,7 +344,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"| {_format_bytes(entry['bytes_up'])} | {_format_bytes(entry['bytes_down'])} "
             f"| {float(entry['seconds']):.2f} |"
         )
-    lines += ["", f"![accuracy per round]({PLOT_FILENAME})", ""]
+    lines += ["", f"![accuracy per round]({PLOT_FILENAME})"]
+    lines += contribution_markdown(results) + [""]  # fairness and contributions, if any
     return "\n".join(lines)
 
 

@@ -13,18 +13,28 @@ import os
 import time
 from pathlib import Path
 
+from clients.learners.free_rider import FreeRiderLearner
 from clients.models.zoo import describe
+from flhet_strategies.core.fairness import fairness_summary
 
 from .config import ExperimentConfig
-from .experiment import backend_config, build_split, build_strategy, make_client_app
+from .contribution_report import write_contributions_png
+from .experiment import (
+    backend_config,
+    build_split,
+    build_strategy,
+    contribution_ledger,
+    make_client_app,
+)
 from .reporting import write_report, write_results_json
 
 HISTORY_KEYS = ("round", "client_accuracy_mean", "client_accuracy_std", "client_accuracy_min",
                 "global_accuracy_mean", "bytes_up", "bytes_down", "seconds")
 
 
-def simulate(cfg: ExperimentConfig, local_only: bool = False) -> list[dict]:
-    """Run one federation in Flower's simulation engine; return the strategy's history.
+def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
+                      sample_count_weighting: bool = False):
+    """Run one federation in Flower's simulation engine; return its strategy.
 
     Parameters
     ----------
@@ -32,31 +42,35 @@ def simulate(cfg: ExperimentConfig, local_only: bool = False) -> list[dict]:
         The experiment.
     local_only : bool (default: False)
         Run the local-only baseline (see :func:`~simulations.experiment.build_strategy`).
+    sample_count_weighting : bool (default: False)
+        Run the sample-count-weighted baseline of a contribution-weighted experiment.
 
     Returns
     -------
-    list[dict]
-        One entry per round (see :class:`flhet_strategies.history.RoundHistory`).
+    FedConsensus or FedConsensusCompat
+        The strategy after the run: its ``history`` and, with contributions enabled,
+        its ledger (:func:`~simulations.experiment.contribution_ledger`).
     """
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     sink: dict = {}
+
+    def strategy_for_run():
+        sink["strategy"] = build_strategy(cfg, local_only, sample_count_weighting)
+        return sink["strategy"]
+
     if cfg.api == "message":
         server_app = ServerApp()
 
         @server_app.main()
         def main(grid, context):
-            strategy = build_strategy(cfg, local_only)
-            sink["strategy"] = strategy
-            strategy.start(grid=grid, num_rounds=cfg.num_rounds)
+            strategy_for_run().start(grid=grid, num_rounds=cfg.num_rounds)
     else:
         from flwr.server import ServerAppComponents, ServerConfig
 
         def server_fn(context):
-            strategy = build_strategy(cfg, local_only)
-            sink["strategy"] = strategy
-            return ServerAppComponents(strategy=strategy,
+            return ServerAppComponents(strategy=strategy_for_run(),
                                        config=ServerConfig(num_rounds=cfg.num_rounds))
 
         server_app = ServerApp(server_fn=server_fn)
@@ -66,7 +80,18 @@ def simulate(cfg: ExperimentConfig, local_only: bool = False) -> list[dict]:
                    num_supernodes=cfg.data.num_clients, backend_config=backend_config(cfg))
     if "strategy" not in sink or not sink["strategy"].history:
         raise RuntimeError("the simulation ended without a single completed round; see the log above")
-    return sink["strategy"].history
+    return sink["strategy"]
+
+
+def simulate(cfg: ExperimentConfig, local_only: bool = False) -> list[dict]:
+    """The strategy's history after :func:`simulate_strategy` (same parameters).
+
+    Returns
+    -------
+    list[dict]
+        One entry per round (see :class:`flhet_strategies.history.RoundHistory`).
+    """
+    return simulate_strategy(cfg, local_only).history
 
 
 def _client_table(cfg: ExperimentConfig) -> list[dict]:
@@ -75,10 +100,12 @@ def _client_table(cfg: ExperimentConfig) -> list[dict]:
     for cid, group in enumerate(cfg.client_groups()):
         arch = group.architecture
         info = describe(arch.split(":", 1)[1] if group.framework == "scikit-learn" else arch)
+        framework = FreeRiderLearner.framework if group.role == "free_rider" else group.framework
         rows.append({"id": cid, "architecture": arch, "family": info.get("family"),
-                     "framework": group.framework, "num_train": len(split.clients[cid].train),
+                     "framework": framework, "num_train": len(split.clients[cid].train),
                      "num_test": len(split.clients[cid].test),
-                     "classes": int((split.clients[cid].class_counts > 0).sum())})
+                     "classes": int((split.clients[cid].class_counts > 0).sum()),
+                     "role": group.role})
     return rows
 
 
@@ -94,9 +121,53 @@ def _history_rows(history: list[dict]) -> list[dict]:
     return rows
 
 
+def _baseline_entry(rows: list[dict]) -> dict:
+    return {
+        "client_accuracy_mean": rows[-1]["client_accuracy_mean"],
+        "global_accuracy_mean": rows[-1]["global_accuracy_mean"],
+        "per_client": rows[-1]["per_client"],
+        "history": [{k: r[k] for k in HISTORY_KEYS} for r in rows],
+    }
+
+
+def _points(final: dict, base: dict) -> dict:
+    return {f"{key.removesuffix('_mean')}_points":
+            None if final[key] is None or base[key] is None else 100 * (final[key] - base[key])
+            for key in ("client_accuracy_mean", "global_accuracy_mean")}
+
+
 def assemble_results(cfg: ExperimentConfig, history: list[dict],
-                     local_only: list[dict] | None, wall_seconds: float) -> dict:
-    """Build the ``results.json`` content from the histories of both runs."""
+                     local_only: list[dict] | None, wall_seconds: float, *,
+                     contributions: dict | None = None,
+                     sample_count: list[dict] | None = None,
+                     sample_count_contributions: dict | None = None) -> dict:
+    """Build the ``results.json`` content from the histories of the runs.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment.
+    history : list[dict]
+        The strategy's history.
+    local_only : list[dict] or None
+        The local-only baseline's history.
+    wall_seconds : float
+        Wall-clock seconds of all runs.
+    contributions : dict, optional
+        The strategy's :meth:`ContributionLedger.to_dict` (``rounds``, ``total``).
+    sample_count : list[dict], optional
+        History of the same strategy with sample-count weights
+        (``baselines.sample_count_weighting``).
+    sample_count_contributions : dict, optional
+        That run's contribution audit.
+
+    Returns
+    -------
+    dict
+        With ``fairness`` (:func:`~flhet_strategies.core.fairness.fairness_summary` of
+        the final round, contribution vs. gain over local-only where both exist) and,
+        when given, ``contributions``.
+    """
     rows = _history_rows(history)
     results = {
         "strategy": f"{cfg.strategy.name}:{cfg.strategy.mode}",
@@ -113,20 +184,23 @@ def assemble_results(cfg: ExperimentConfig, history: list[dict],
         "wall_seconds": wall_seconds,
         "config": cfg.to_dict(),
     }
-    if local_only is not None:
-        base = _history_rows(local_only)
-        results["baselines"]["local_only"] = {
-            "client_accuracy_mean": base[-1]["client_accuracy_mean"],
-            "global_accuracy_mean": base[-1]["global_accuracy_mean"],
-            "per_client": base[-1]["per_client"],
-            "history": [{k: r[k] for k in HISTORY_KEYS} for r in base],
-        }
-        results["margins"] = {
-            "client_accuracy_points": 100 * (results["final"]["client_accuracy_mean"]
-                                             - base[-1]["client_accuracy_mean"]),
-            "global_accuracy_points": 100 * (results["final"]["global_accuracy_mean"]
-                                             - base[-1]["global_accuracy_mean"]),
-        }
+    total = (contributions or {}).get("total")
+    local_rows = _history_rows(local_only) if local_only is not None else None
+    if local_rows is not None:
+        results["baselines"]["local_only"] = _baseline_entry(local_rows)
+        results["margins"] = _points(results["final"], local_rows[-1])
+    results["fairness"] = fairness_summary(
+        rows[-1]["per_client"], local_rows[-1]["per_client"] if local_rows else None, total)
+    if contributions is not None:
+        results["contributions"] = contributions
+    if sample_count is not None:
+        base = _history_rows(sample_count)
+        entry = _baseline_entry(base)
+        entry["fairness"] = fairness_summary(base[-1]["per_client"])
+        if sample_count_contributions is not None:
+            entry["contributions"] = sample_count_contributions
+        entry["contribution_weighting_gain"] = _points(results["final"], base[-1])
+        results["baselines"]["sample_count_weighting"] = entry
     return results
 
 
@@ -152,12 +226,29 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
     log.info("data: %s clients, proxy %s, global test %s", len(split.clients),
              len(split.proxy_x), len(split.global_test))
     t0 = time.perf_counter()
-    history = simulate(cfg)
+    strategy = simulate_strategy(cfg)
     local_only = None
     if cfg.local_only_baseline:
         log.info("local-only baseline: same clients and epochs, kd_weight=0")
         local_only = simulate(cfg, local_only=True)
-    results = assemble_results(cfg, history, local_only, time.perf_counter() - t0)
+    contribution = cfg.contribution
+    sample_count = None
+    if contribution.enabled and contribution.use_for_weights and contribution.sample_count_baseline:
+        log.info("sample-count baseline: same strategy with sample-count weights")
+        sample_count = simulate_strategy(cfg, sample_count_weighting=True)
+    results = assemble_results(
+        cfg, strategy.history, local_only, time.perf_counter() - t0,
+        contributions=_ledger_dict(strategy),
+        sample_count=None if sample_count is None else sample_count.history,
+        sample_count_contributions=None if sample_count is None else _ledger_dict(sample_count),
+    )
     write_results_json(results, out)
     write_report(results, out)
+    if "contributions" in results:
+        write_contributions_png(results, out)
     return results
+
+
+def _ledger_dict(strategy) -> dict | None:
+    ledger = contribution_ledger(strategy)
+    return None if ledger is None else ledger.to_dict()
