@@ -170,7 +170,19 @@ class ContributionConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Resources of Flower's simulation engine (Ray backend)."""
+    """Resources of Flower's simulation engine (Ray backend).
+
+    Parameters
+    ----------
+    num_cpus : int (default: 2)
+        CPUs Ray may use in all.
+    cpus_per_client : float (default: 1.0)
+        CPUs per simulated client (``num_cpus / cpus_per_client`` run at once).
+    threads_per_client : int (default: 1)
+        ``torch.set_num_threads`` inside each client (fixed for reproducible timing).
+    eval_every : int (default: 1)
+        Clients evaluate every this many rounds (always after the last one).
+    """
 
     num_cpus: int = 2
     cpus_per_client: float = 1.0
@@ -180,13 +192,31 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A complete experiment: rounds, data, strategy, client recipe, contributions, clients."""
+    """A complete experiment: rounds, data, strategy, client recipe, contributions, clients.
+
+    Parameters
+    ----------
+    name : str
+        Label of the experiment.
+    seed : int
+        Seeds the split, proxy subsets, model initialisations and batch orders.
+    num_rounds : int
+        Federated rounds.
+    api : str
+        ``"message"`` (Message API strategy + ClientApp) or ``"compat"``
+        (compat strategy + ``NumPyClient``).
+    local_only_eval_every : int, optional
+        Evaluation period of the local-only baseline (default: after the last round).
+    data, strategy, recipe, simulation, contribution
+        The sections of the same names.
+    clients : tuple[ClientGroup, ...]
+        Client groups, in client-id order; their counts add up to ``data.num_clients``.
+    """
 
     name: str = "experiment"
     seed: int = 0
     num_rounds: int = 30
     api: str = "message"
-    local_only_baseline: bool = True
     local_only_eval_every: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

@@ -227,10 +227,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
              len(split.proxy_x), len(split.global_test))
     t0 = time.perf_counter()
     strategy = simulate_strategy(cfg)
-    local_only = None
-    if cfg.local_only_baseline:
-        log.info("local-only baseline: same clients and epochs, kd_weight=0")
-        local_only = simulate(cfg, local_only=True)
+    log.info("local-only baseline: same clients and epochs, kd_weight=0")
+    local_only = simulate(cfg, local_only=True)
     contribution = cfg.contribution
     sample_count = None
     if contribution.enabled and contribution.use_for_weights and contribution.sample_count_baseline:

@@ -45,7 +45,6 @@ def test_scenario_config_has_the_contract_roles_and_contributions():
     assert noisy.architecture == twin.architecture and noisy.flip_fraction == 0.5
     c = cfg.contribution
     assert c.enabled and c.use_for_weights and c.sample_count_baseline and c.method == "auto"
-    assert cfg.local_only_baseline
 
 
 def test_contribution_section_parses_and_round_trips():

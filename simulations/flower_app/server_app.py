@@ -138,10 +138,8 @@ def run_experiment_on_grid(grid: Grid, settings: AppSettings) -> dict:
     wait_for_nodes(grid, cfg.data.num_clients)
     start = time.perf_counter()
     history = run_phase(grid, cfg)
-    baseline = None
-    if cfg.local_only_baseline:
-        log(INFO, "flhet: local-only baseline: same clients and epochs, kd_weight=0")
-        baseline = run_phase(grid, cfg, local_only=True)
+    log(INFO, "flhet: local-only baseline: same clients and epochs, kd_weight=0")
+    baseline = run_phase(grid, cfg, local_only=True)
     results = assemble_results(cfg, history, baseline, time.perf_counter() - start)
     write_results_json(results, settings.out_dir)
     write_report(results, settings.out_dir)
