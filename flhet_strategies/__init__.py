@@ -4,6 +4,8 @@ Public API (imported lazily, so ``flhet_strategies.core`` stays free of Flower):
 
 - :class:`FedConsensus` -- logit-consensus distillation (FedMD / DS-FL), Message API.
 - :class:`FedConsensusCompat` -- the same for the compat API (``NumPyClient``).
+- :class:`SecureConsensus` -- wraps a :class:`FedConsensus` so that the server only adds
+  Paillier ciphertexts (clients run ``clients.mods.PaillierConsensusMod``).
 - :class:`ConsensusConfig` -- the consensus rule; :class:`DistillationRecipe` -- the
   client recipe sent each round.
 """
@@ -14,6 +16,9 @@ from typing import Any
 _EXPORTS = {
     "FedConsensus": "flhet_strategies.message_api",
     "FedConsensusCompat": "flhet_strategies.compat_api",
+    "SecureConsensus": "flhet_strategies.secure_consensus_strategy",
+    "ContributionWeightedFedAvg": "flhet_strategies.contribution_fedavg",
+    "ContributionWeightedFedAvgCompat": "flhet_strategies.contribution_fedavg_compat",
     "ConsensusConfig": "flhet_strategies.core.consensus",
     "DistillationRecipe": "flhet_strategies.core.recipe",
     "ConsensusDistillation": "flhet_strategies.core.distillation",

@@ -2,8 +2,11 @@
 
 - :class:`~clients.mods.dp_predictions.DpPredictionsMod` -- clipped, noised prediction
   payloads (local or distributed differential privacy).
+- :class:`~clients.mods.paillier_consensus.PaillierConsensusMod` -- Paillier-encrypted
+  prediction shares; decrypts the consensus the server relays (secure consensus).
 """
 
 from .dp_predictions import DpPredictionsMod
+from .paillier_consensus import PaillierConsensusMod
 
-__all__ = ["DpPredictionsMod"]
+__all__ = ["DpPredictionsMod", "PaillierConsensusMod"]

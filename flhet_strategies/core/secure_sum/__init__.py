@@ -18,13 +18,20 @@ Typical use::
     total = holder.decrypt_sum(EncryptedVector.from_array(reply, holder.public_key))
 
 Modules: :mod:`.fixed_point` (quantization), :mod:`.packing` (slots and overflow
-checks), :mod:`.layout`, :mod:`.keys`, :mod:`.encrypt` (randomness pool),
+checks), :mod:`.layout`, :mod:`.keys`, :mod:`.key_files` (a key dealer's files),
+:mod:`.encrypt` (randomness pool), :mod:`.short_exponent` (DJN obfuscators),
+:mod:`.sealing` (one holder decrypts, seals for the others),
 :mod:`.codec`, :mod:`.aggregate`, :mod:`.serialize`, :mod:`.errors`.
 """
 
 from .aggregate import CiphertextAggregator
 from .codec import SecureSumCodec
-from .encrypt import RandomnessPool, compute_obfuscators, encrypt_plaintexts
+from .encrypt import (
+    RandomnessPool,
+    StandardObfuscators,
+    compute_obfuscators,
+    encrypt_plaintexts,
+)
 from .encrypted_vector import EncryptedVector
 from .errors import (
     InsecureKeyError,
@@ -34,6 +41,7 @@ from .errors import (
     SecureSumOverflowError,
 )
 from .fixed_point import FixedPointEncoder
+from .key_files import KeyFiles, deal_keys, load_key_holder, load_public_key, save_key_holder
 from .keys import (
     MIN_KEY_BITS,
     KeyHolder,
@@ -44,13 +52,17 @@ from .keys import (
 )
 from .layout import SecureSumLayout
 from .packing import SlotPacking
+from .sealing import GroupSeal
+from .short_exponent import ShortExponentObfuscators
 
 __all__ = [
     "MIN_KEY_BITS",
     "CiphertextAggregator",
     "EncryptedVector",
     "FixedPointEncoder",
+    "GroupSeal",
     "InsecureKeyError",
+    "KeyFiles",
     "KeyHolder",
     "KeyMismatchError",
     "MalformedPayloadError",
@@ -59,11 +71,17 @@ __all__ = [
     "SecureSumError",
     "SecureSumLayout",
     "SecureSumOverflowError",
+    "ShortExponentObfuscators",
     "SlotPacking",
+    "StandardObfuscators",
     "compute_obfuscators",
+    "deal_keys",
     "encrypt_plaintexts",
     "key_fingerprint",
+    "load_key_holder",
+    "load_public_key",
     "public_key_from_bytes",
     "public_key_to_bytes",
+    "save_key_holder",
     "validate_public_key",
 ]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import gmpy2
 import numpy as np
 from phe import PaillierPrivateKey, PaillierPublicKey, generate_paillier_keypair
 
@@ -167,8 +169,16 @@ class KeyHolder:
             f"fingerprint={self.fingerprint.hex()})"
         )
 
-    def decrypt_plaintexts(self, encrypted: "EncryptedVector") -> list[int]:
+    def decrypt_plaintexts(self, encrypted: "EncryptedVector", workers: int = 1) -> list[int]:
         """Decrypt every ciphertext of ``encrypted`` to its raw plaintext integer.
+
+        Parameters
+        ----------
+        encrypted : EncryptedVector
+            The ciphertexts.
+        workers : int (default: 1)
+            Threads to decrypt in (gmpy2 releases the GIL in them); use the idle cores
+            of a client that decrypts for a whole cohort.
 
         Raises
         ------
@@ -180,8 +190,22 @@ class KeyHolder:
                 f"payload was encrypted under key {encrypted.key_fingerprint.hex()}, "
                 f"this key holder holds key {self.fingerprint.hex()}"
             )
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        ciphertexts = [int(c) for c in encrypted.ciphertexts]
+        if workers == 1 or len(ciphertexts) < 2:
+            return self._decrypt_chunk(ciphertexts, release_gil=False)
+        size = -(-len(ciphertexts) // workers)
+        chunks = [ciphertexts[i : i + size] for i in range(0, len(ciphertexts), size)]
+        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+            parts = list(pool.map(self._decrypt_chunk, chunks))
+        return [plaintext for part in parts for plaintext in part]
+
+    def _decrypt_chunk(self, ciphertexts: list[int], release_gil: bool = True) -> list[int]:
+        if release_gil:
+            gmpy2.get_context().allow_release_gil = True  # this worker thread's context
         decrypt = self._private_key.raw_decrypt
-        return [decrypt(int(c)) for c in encrypted.ciphertexts]
+        return [decrypt(c) for c in ciphertexts]
 
     def decrypt_sum(
         self,
@@ -189,6 +213,7 @@ class KeyHolder:
         num_summands: int | None = None,
         *,
         expected_layout: "SecureSumLayout | None" = None,
+        workers: int = 1,
     ) -> np.ndarray:
         """Decrypt and decode a secure sum.
 
@@ -202,6 +227,8 @@ class KeyHolder:
         expected_layout : SecureSumLayout, optional
             The layout this client agreed to (``codec.layout``); if given, a sum whose
             header claims another layout is refused.
+        workers : int (default: 1)
+            Decryption threads (see :meth:`decrypt_plaintexts`).
 
         Returns
         -------
@@ -230,4 +257,4 @@ class KeyHolder:
                 f"num_summands={num_summands} but the encrypted sum holds {carried} "
                 "vectors; decode with the count of payloads that arrived"
             )
-        return layout.decode(self.decrypt_plaintexts(encrypted_sum), num_summands)
+        return layout.decode(self.decrypt_plaintexts(encrypted_sum, workers), num_summands)

@@ -1,0 +1,396 @@
+"""Client mod: logit consensus through a Paillier secure sum (Message API).
+
+:class:`PaillierConsensusMod` is the client half of
+:class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus`. It wraps the train
+handler of :func:`clients.client_app.distillation_client_app`:
+
+1. On a ``TRAIN`` message it reads the round's :class:`.SecureConsensusSpec` from the
+   train config (key ``"secure-consensus-spec"``), checks that the server asks for this
+   client's key, and starts computing the Paillier randomness for its reply in a
+   background thread (it runs while the client trains).
+2. If the plan carries the encrypted consensus sum of the previous round (array
+   ``"encrypted_consensus"``), it decrypts it with the private key, decodes the DS-FL
+   consensus (:meth:`.SecureConsensusSpec.decode`) and puts the plaintext soft targets
+   into the plan (``"consensus"``) before calling the app. If instead the plan carries a
+   *sealed* consensus (``"sealed_consensus"``: one client decrypted it for the cohort,
+   see below), it opens the seal (AES-GCM, microseconds). A consensus that does not
+   decrypt or open (a foreign key, an overflow from a malformed share, an altered seal)
+   is logged as an error; the client then trains without a consensus and reports metric
+   ``"secure-decrypt-failed" = 1``.
+3. On the app's reply it replaces ``"logits"`` and ``"class_counts"`` by the encrypted
+   share (array ``"encrypted_contribution"``, ``uint8``); the label histogram is inside
+   the encryption, never in clear. ``num-examples`` and the training metrics stay.
+
+Delegated decryption: a message with ArrayRecord ``"secure-decrypt-request"`` asks this
+client to decrypt the sum for the whole cohort. The mod answers it itself (the app is
+not called): it decrypts, decodes and seals the consensus under a key derived from the
+Paillier private key (:class:`.GroupSeal`), which the server relays but cannot open.
+One decryption per round instead of one per client. The request travels as a ``TRAIN``
+message because Flower applies mods only around a ClientApp's registered functions,
+and every distillation client registers ``train``.
+
+Without a spec in the train config the mod answers with an error
+(``MOD_FAILED_PRECONDITION``) instead of letting plaintext predictions leave the client;
+``plaintext_phases`` names phases allowed in clear (a Flower App's baselines), and
+``require_secure=False`` lets every such message through.
+
+Keys
+----
+The private key comes from a key file written by a key dealer
+(:func:`flhet_strategies.core.secure_sum.deal_keys`), never from the server: give the
+mod ``key_path``, or set the node config ``paillier-key-path`` on each SuperNode
+(``flower-supernode --node-config "paillier-key-path='/etc/flhet/paillier_private.json'"``).
+Within a process the loaded key and the randomness pool are cached, so a Ray actor that
+serves many simulated nodes loads the key once and keeps precomputing.
+
+Randomness
+----------
+Obfuscators are Damgard-Jurik-Nielsen short-exponent ones by default
+(:class:`.ShortExponentObfuscators`, several times cheaper than ``r**n``), computed by
+``workers`` threads (1 by default: one per Ray actor / client).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from logging import ERROR, INFO
+from pathlib import Path
+
+import numpy as np
+from flwr.app import (
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
+
+from flhet_strategies.consensus_server import PHASE_KEY
+from flhet_strategies.core.secure_consensus import (
+    DECRYPT_FAILED_METRIC,
+    DECRYPT_REPLY_KEY,
+    DECRYPT_REQUEST_KEY,
+    ENCRYPTED_CONSENSUS_ARRAY,
+    ENCRYPTED_CONTRIBUTION_ARRAY,
+    SEALED_CONSENSUS_ARRAY,
+    SPEC_CONFIG_KEY,
+    SecureConsensusSpec,
+    consensus_context,
+    consensus_from_bytes,
+)
+from flhet_strategies.core.secure_sum import (
+    EncryptedVector,
+    GroupSeal,
+    KeyHolder,
+    RandomnessPool,
+    SecureSumCodec,
+    SecureSumError,
+    ShortExponentObfuscators,
+    load_key_holder,
+)
+from flhet_strategies.core.secure_sum.encrypt import available_cores
+from flhet_strategies.message_api import CONFIG_KEY, METRICS_KEY, PLAN_KEY, REPLY_KEY
+from flhet_strategies.records import arrays_to_record, record_to_arrays
+
+KEY_PATH_NODE_CONFIG = "paillier-key-path"
+"""Node-config key naming the private key file, when the mod is not given ``key_path``."""
+
+_KEY_HOLDERS: dict[str, tuple[float, KeyHolder]] = {}
+_POOLS: dict[tuple[bytes, bool, int], RandomnessPool] = {}
+
+
+class PaillierConsensusMod:
+    """Decrypt the consensus the server relays, and encrypt this client's share.
+
+    Parameters
+    ----------
+    key_path : str or Path, optional
+        The private key file (from a key dealer). If omitted, the node config entry
+        ``node_config_key`` names it (a SuperNode's own ``--node-config``), else the run
+        config entry of the same name (one shared path, e.g. in a ``flwr run``
+        simulation on one machine).
+    key_holder : KeyHolder, optional
+        The key itself instead of a file (tests, or an app that loads the key itself).
+    node_config_key : str (default: "paillier-key-path")
+        Node-config key of the key file path.
+    workers : int (default: 1)
+        Threads computing Paillier randomness. One per client suits simulation, where
+        every Ray actor already has its CPU; raise it on a multi-core client machine.
+    decrypt_workers : int, optional
+        Threads decrypting a sum (default: every core this process may use). Decrypting
+        for the cohort happens while the other clients wait, so idle cores are free.
+    short_exponent : bool (default: True)
+        Damgard-Jurik-Nielsen short-exponent randomness (see
+        :mod:`flhet_strategies.core.secure_sum.short_exponent`); False uses ``r**n``.
+    require_secure : bool (default: True)
+        Refuse (error reply) train messages that do not ask for a secure sum, so that
+        plaintext predictions never leave the client by mistake.
+    plaintext_phases : Collection[str] (default: ())
+        Phases (train config ``"flhet-phase"``) allowed to run without encryption even
+        when ``require_secure`` is set, e.g. ``("local_only", "plaintext")`` for the
+        baselines a Flower App runs in the same federation.
+
+    Examples
+    --------
+    ::
+
+        files = deal_keys("keys/")    # once, by the key dealer
+        app = distillation_client_app(factory, mods=[PaillierConsensusMod(files.private_path)])
+    """
+
+    def __init__(
+        self,
+        key_path: str | Path | None = None,
+        *,
+        key_holder: KeyHolder | None = None,
+        node_config_key: str = KEY_PATH_NODE_CONFIG,
+        workers: int = 1,
+        decrypt_workers: int | None = None,
+        short_exponent: bool = True,
+        require_secure: bool = True,
+        plaintext_phases: Collection[str] = (),
+    ) -> None:
+        if key_path is not None and key_holder is not None:
+            raise ValueError("give key_path or key_holder, not both")
+        if key_holder is not None and not isinstance(key_holder, KeyHolder):
+            raise TypeError(f"key_holder must be a KeyHolder, got {type(key_holder).__name__}")
+        for name, value in (("workers", workers), ("decrypt_workers", decrypt_workers)):
+            if value is None and name == "decrypt_workers":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.key_path = None if key_path is None else str(key_path)
+        self.key_holder = key_holder
+        self.node_config_key = node_config_key
+        self.workers = workers
+        self.decrypt_workers = decrypt_workers
+        self.short_exponent = bool(short_exponent)
+        self.require_secure = bool(require_secure)
+        if isinstance(plaintext_phases, str):
+            raise TypeError("plaintext_phases must be a collection of phase names, not a str")
+        self.plaintext_phases = frozenset(str(phase) for phase in plaintext_phases)
+
+    def __repr__(self) -> str:
+        source = self.key_path or ("<key holder>" if self.key_holder else
+                                   f"node config {self.node_config_key!r}")
+        return f"PaillierConsensusMod(key={source}, workers={self.workers})"
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        """Decrypt the plan's consensus, run the app, encrypt the reply's predictions.
+
+        Parameters
+        ----------
+        msg : Message
+            The message from the ServerApp.
+        context : Context
+            The node's context.
+        call_next : ClientAppCallable
+            The next mod or the ClientApp.
+
+        Returns
+        -------
+        Message
+            The reply with the encrypted share, the app's own error reply, or an error
+            reply (``MOD_FAILED_PRECONDITION``) saying what is wrong.
+        """
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        if DECRYPT_REQUEST_KEY in msg.content.array_records:
+            return self._answer_decrypt_request(msg, context)
+        config = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
+        if SPEC_CONFIG_KEY not in config:
+            phase = str(config.get(PHASE_KEY, "main"))
+            if not self.require_secure or phase in self.plaintext_phases:
+                return call_next(msg, context)
+            return _error_reply(
+                msg, "PaillierConsensusMod: the server did not ask for a secure sum (no "
+                f"'{SPEC_CONFIG_KEY}' in the train config); refusing to send plaintext "
+                f"predictions (phase {phase!r}). Wrap the server strategy in "
+                "SecureConsensus, or list the phase in the mod's plaintext_phases.")
+        try:
+            spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
+            holder = self._holder(context)
+            _check_key(spec, holder)
+            pool = self._pool(holder)
+            codec = SecureSumCodec(holder.public_key, spec.num_values, spec.max_summands,
+                                   (0.0, float((1 << spec.value_bits) - 1)), spec.value_bits,
+                                   randomness=pool)
+        except (ValueError, TypeError, OSError, SecureSumError) as error:
+            return _error_reply(msg, f"PaillierConsensusMod: {error}")
+        _top_up(pool, codec.num_ciphertexts)  # runs while the consensus decrypts and the app trains
+        failure = self._decrypt_plan(msg, holder, spec)
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        try:
+            return self._encrypt_reply(reply, spec, codec, failure)
+        except (ValueError, SecureSumError) as error:
+            return _error_reply(msg, f"PaillierConsensusMod: {error}")
+        finally:
+            _top_up(pool, codec.num_ciphertexts)  # for the next message this process serves
+
+    # ------------------------------------------------------------------ keys and randomness
+
+    def _holder(self, context: Context) -> KeyHolder:
+        if self.key_holder is not None:
+            return self.key_holder
+        path = (self.key_path or context.node_config.get(self.node_config_key)
+                or context.run_config.get(self.node_config_key))
+        if not path:
+            raise ValueError(
+                "no Paillier private key: give PaillierConsensusMod a key_path or set the "
+                f"node config (or run config) '{self.node_config_key}'")
+        resolved = str(Path(str(path)).resolve())
+        mtime = Path(resolved).stat().st_mtime if Path(resolved).exists() else -1.0
+        cached = _KEY_HOLDERS.get(resolved)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, load_key_holder(resolved))
+            _KEY_HOLDERS[resolved] = cached
+        return cached[1]
+
+    def _decrypt_workers(self) -> int:
+        return self.decrypt_workers or available_cores()
+
+    def _pool(self, holder: KeyHolder) -> RandomnessPool:
+        key = (holder.fingerprint, self.short_exponent, self.workers)
+        pool = _POOLS.get(key)
+        if pool is None:
+            source = ShortExponentObfuscators(holder.public_key) if self.short_exponent else None
+            pool = RandomnessPool(holder.public_key, workers=self.workers, source=source,
+                                  background="thread")
+            _POOLS[key] = pool
+        return pool
+
+    # ------------------------------------------------------------------ the two halves
+
+    def _answer_decrypt_request(self, msg: Message, context: Context) -> Message:
+        """Decrypt the sum for the whole cohort and seal it under the group key."""
+        config = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
+        start = time.perf_counter()
+        try:
+            if SPEC_CONFIG_KEY not in config:
+                raise ValueError(f"the decryption request has no '{SPEC_CONFIG_KEY}'")
+            spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
+            holder = self._holder(context)
+            _check_key(spec, holder)
+            arrays = record_to_arrays(msg.content.array_records[DECRYPT_REQUEST_KEY])
+            if ENCRYPTED_CONSENSUS_ARRAY not in arrays or "consensus_indices" not in arrays:
+                raise ValueError("the decryption request lacks the encrypted sum or its indices")
+            indices = np.asarray(arrays["consensus_indices"], dtype=np.int64)
+            consensus, num_summands = _decrypt_consensus(
+                arrays[ENCRYPTED_CONSENSUS_ARRAY], indices, holder, spec, self._decrypt_workers())
+            sealed = GroupSeal(holder).seal(
+                consensus.tobytes(),
+                consensus_context(spec.key_fingerprint, indices, spec.num_classes))
+        except (ValueError, TypeError, OSError, SecureSumError) as error:
+            return _error_reply(msg, f"PaillierConsensusMod: cannot decrypt for the cohort: "
+                                f"{error}")
+        seconds = time.perf_counter() - start
+        log(INFO, "PaillierConsensusMod: decrypted and sealed the consensus of %s clients for "
+            "the cohort in %.2f s", num_summands, seconds)
+        return Message(RecordDict({
+            DECRYPT_REPLY_KEY: arrays_to_record({SEALED_CONSENSUS_ARRAY: sealed}),
+            METRICS_KEY: MetricRecord({"num-summands": num_summands, "decrypt-seconds": seconds}),
+        }), reply_to=msg)
+
+    def _decrypt_plan(self, msg: Message, holder: KeyHolder,
+                      spec: SecureConsensusSpec) -> str | None:
+        record = msg.content.array_records.get(PLAN_KEY)
+        if record is None or not {ENCRYPTED_CONSENSUS_ARRAY, SEALED_CONSENSUS_ARRAY} & set(record):
+            return None
+        arrays = record_to_arrays(record)
+        encrypted = arrays.pop(ENCRYPTED_CONSENSUS_ARRAY, None)
+        sealed = arrays.pop(SEALED_CONSENSUS_ARRAY, None)
+        indices = np.asarray(arrays.get("consensus_indices", np.zeros(0, np.int64)),
+                             dtype=np.int64)
+        start = time.perf_counter()
+        failure = None
+        try:
+            if sealed is not None:   # one client decrypted for everyone: open the seal
+                data = GroupSeal(holder).unseal(
+                    sealed, consensus_context(spec.key_fingerprint, indices, spec.num_classes))
+                arrays["consensus"] = consensus_from_bytes(data, len(indices), spec.num_classes)
+                how = "opened the sealed consensus"
+            else:
+                arrays["consensus"], num_summands = _decrypt_consensus(
+                    encrypted, indices, holder, spec, self._decrypt_workers())
+                how = f"decrypted the consensus of {num_summands} clients"
+            log(INFO, "PaillierConsensusMod: %s in %.2f s", how, time.perf_counter() - start)
+        except (ValueError, SecureSumError) as error:
+            failure = str(error)
+            log(ERROR, "PaillierConsensusMod: the encrypted consensus does not decrypt (%s); "
+                "training without a consensus this round", failure)
+            arrays["consensus_indices"] = np.zeros(0, dtype=np.int64)
+            arrays["consensus"] = np.zeros((0, spec.num_classes), dtype=np.float32)
+        msg.content[PLAN_KEY] = arrays_to_record(arrays)
+        return failure
+
+    def _encrypt_reply(self, reply: Message, spec: SecureConsensusSpec, codec: SecureSumCodec,
+                       failure: str | None) -> Message:
+        records = reply.content.array_records
+        if REPLY_KEY not in records or "logits" not in records[REPLY_KEY]:
+            raise ValueError(
+                f"expected array 'logits' in the reply's ArrayRecord '{REPLY_KEY}' (flhet "
+                f"distillation protocol); found records {sorted(records)}")
+        arrays = record_to_arrays(records[REPLY_KEY])
+        logits = arrays.pop("logits")
+        counts = arrays.pop("class_counts", None)
+        if counts is None:
+            if spec.class_vote_weighting:
+                raise ValueError("per-class votes need the reply's 'class_counts'")
+            counts = np.ones(spec.num_classes, dtype=np.int64)
+        metrics = dict(reply.content.metric_records.get(METRICS_KEY, MetricRecord()))
+        start = time.perf_counter()
+        vector = spec.encode(logits, counts, metrics.get("num-examples", 0))
+        encrypted = codec.encrypt(vector)
+        arrays[ENCRYPTED_CONTRIBUTION_ARRAY] = encrypted.to_array()
+        reply.content[REPLY_KEY] = arrays_to_record(arrays)
+        if failure is not None:
+            reply.content[METRICS_KEY] = MetricRecord({**metrics, DECRYPT_FAILED_METRIC: 1.0})
+        log(INFO, "PaillierConsensusMod: encrypted %s values into %s ciphertexts in %.2f s",
+            spec.num_values, codec.num_ciphertexts, time.perf_counter() - start)
+        return reply
+
+
+def _check_key(spec: SecureConsensusSpec, holder: KeyHolder) -> None:
+    if spec.key_fingerprint != holder.fingerprint.hex():
+        raise ValueError(
+            f"the server asks for key {spec.key_fingerprint or '<none>'}, this client holds "
+            f"key {holder.fingerprint.hex()}")
+
+
+def _decrypt_consensus(encrypted: np.ndarray, indices: np.ndarray, holder: KeyHolder,
+                       spec: SecureConsensusSpec, workers: int) -> tuple[np.ndarray, int]:
+    """Decrypt and decode an encrypted sum; return the consensus and the summand count."""
+    vector = EncryptedVector.from_array(encrypted, holder.public_key)
+    spec.check_sum_layout(vector.layout, len(indices))
+    result = spec.decode(holder.decrypt_sum(vector, workers=workers), vector.num_summands)
+    return result.consensus, vector.num_summands
+
+
+def clear_caches() -> None:
+    """Forget cached keys and stop the randomness threads of this process."""
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+    _KEY_HOLDERS.clear()
+
+
+def _top_up(pool: RandomnessPool, needed: int) -> None:
+    """Start computing obfuscators in the background unless enough are ready or on the way."""
+    if pool.pending == 0 and pool.available < needed:
+        pool.fill(needed - pool.available, block=False)
+
+
+def _error_reply(msg: Message, reason: str) -> Message:
+    log(ERROR, reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
+__all__ = ["KEY_PATH_NODE_CONFIG", "PaillierConsensusMod", "clear_caches"]

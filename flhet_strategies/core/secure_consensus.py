@@ -1,0 +1,540 @@
+"""DS-FL logit consensus through a Paillier secure sum: what clients encrypt and decode.
+
+The plaintext rule (:func:`~flhet_strategies.core.consensus.logit_consensus`, mode
+``"dsfl"``) forms, for every proxy sample ``s`` and class ``c``,
+
+    mean[s, c] = sum_i W[i, c] p_i[s, c],      W[i, c] = v_ic / sum_j v_jc,
+
+with ``p_i = softmax(logits_i / T)`` and client votes ``v_ic = w_i n_ic`` (per-class vote
+weighting; ``w_i`` the client weight, ``n_ic`` its count of class ``c``) or ``v_ic = w_i``
+(no class votes), then normalises each row and applies entropy reduction (ERA). Both
+the numerator and the denominator are sums over clients, so each client encrypts its
+share of both and the server adds ciphertexts only:
+
+    A_i[s, c] = v~_ic * p~_i[s, c]      (m x C integers)
+    B_i[c]    = v~_ic                   (C integers)
+
+where ``p~ = round(P p)`` is the ``probability_bits`` quantization of the probability
+(``P = 2**probability_bits - 1``, 8 bits by default) and ``v~`` the integer vote. The
+client weight is the client's own: its number of training examples (``"sample_count"``,
+flhet's default) or 1 (``"uniform"``); contribution weights cannot be used, since they
+need the plaintext predictions. After decryption every client computes
+``mean~[s, c] = A[s, c] / (P B[c])``, normalises the rows and applies ERA exactly as the
+plaintext rule does (:meth:`SecureConsensusSpec.decode`).
+
+Quantization bound
+------------------
+Votes are integers up to ``V = 2**vote_bits - 1``. A vote is exact when the public bound
+on votes (from ``max_examples``, see :meth:`SecureConsensusSpec.for_consensus`) is at
+most ``V``; otherwise it is counted in units of ``u = ceil(max_vote / V)``
+(``v~ = max(1, round(v / u))`` for ``v > 0``, so a client that holds a class keeps a
+vote on it). Then, per class column with ``k`` summed clients,
+
+    |mean~[s, c] - mean[s, c]| <= 1 / (2 P)  +  k / B[c]   (the second term only if u > 1)
+
+``1/(2P)`` is the probability rounding (0.00196 at 8 bits, since mean~ is a convex
+combination of rounded probabilities); ``k / B[c]`` bounds the shift of the weights by
+vote rounding (``|v~ - v/u| <= 1``, and ``|sum_i e_i (p_i - mean)| <= k`` over the vote
+total ``B[c]``, in units ``u``). :class:`SecureConsensusResult` reports the bound per
+class. Row normalisation and ERA are then applied to ``mean~`` as to ``mean``.
+
+One deliberate difference: a class that no summed client holds (``B[c] = 0`` with class
+votes) gets probability 0 before normalisation, where the plaintext rule falls back to
+plain client weights. Whenever every class is held by some summed client, the two rules
+agree to the bound above.
+
+What decrypting clients learn: the sums ``A`` and ``B`` of the clients that arrived,
+i.e. the consensus and the cohort's total votes per class (with sample-count class
+votes, ``sum_i n_i n_ic``); the server learns nothing but ciphertexts. As with any sum,
+a client in a cohort of two can subtract its own share. When one client decrypts for the
+cohort and seals the consensus for the others (:class:`.GroupSeal`, the default of
+:class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus`), it learns exactly
+what every client learns.
+
+Cost: one value per (sample, class) plus ``C`` votes, packed ``2047 // slot_bits`` per
+ciphertext, where ``slot_bits`` is the bit length of
+``max_summands * (2**value_bits - 1)`` and ``value_bits`` that of ``P * V``.
+2000 proxy samples x 10 classes with 10 clients: 275 ciphertexts at 16 vote bits,
+236 at 12, and 118 on the 8-bit fast path (uniform weights, no class votes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .consensus import ConsensusConfig, entropy_reduction, softmax
+from .secure_sum.layout import SecureSumLayout
+
+SECURE_WEIGHTINGS = ("sample_count", "uniform")
+"""Client weights a secure consensus supports (computed by each client from its own data)."""
+
+SPEC_CONFIG_KEY = "secure-consensus-spec"
+"""Train-config key carrying :meth:`SecureConsensusSpec.to_json` to the clients."""
+
+ENCRYPTED_CONSENSUS_ARRAY = "encrypted_consensus"
+"""Plan array holding the encrypted sum of the previous round (``uint8``)."""
+
+ENCRYPTED_CONTRIBUTION_ARRAY = "encrypted_contribution"
+"""Reply array holding a client's encrypted share ``(A_i, B_i)`` (``uint8``)."""
+
+DECRYPT_FAILED_METRIC = "secure-decrypt-failed"
+"""Reply metric set to 1 by a client that could not decrypt the consensus it received."""
+
+SEALED_CONSENSUS_ARRAY = "sealed_consensus"
+"""Plan array of a consensus one client decrypted and sealed for the others (``uint8``)."""
+
+DECRYPT_REQUEST_KEY = "secure-decrypt-request"
+"""ArrayRecord of a message asking one client to decrypt and seal the sum for the cohort."""
+
+DECRYPT_REPLY_KEY = "secure-decrypt-reply"
+"""ArrayRecord of the answer: array :data:`SEALED_CONSENSUS_ARRAY`."""
+
+MAX_EXACT_SUM_BITS = 53
+"""Integer sums stay exact in float64 up to this many bits."""
+
+
+@dataclass(frozen=True)
+class SecureConsensusResult:
+    """A decrypted and decoded secure consensus.
+
+    Parameters
+    ----------
+    consensus : np.ndarray
+        float32 soft targets ``(num_samples, num_classes)``, rows sum to one (what the
+        plaintext rule returns).
+    mean_probabilities : np.ndarray
+        float64 vote-weighted mean probabilities before row normalisation.
+    vote_totals : np.ndarray
+        int64 total integer votes per class, ``B``.
+    error_bound : np.ndarray
+        float64 bound per class on ``|mean_probabilities - plaintext mean|``.
+    num_summands : int
+        Clients in the sum.
+    """
+
+    consensus: np.ndarray
+    mean_probabilities: np.ndarray
+    vote_totals: np.ndarray
+    error_bound: np.ndarray
+    num_summands: int
+
+
+@dataclass(frozen=True)
+class SecureConsensusSpec:
+    """Public parameters of a secure consensus round, agreed by the server and the clients.
+
+    The server builds it (:meth:`for_consensus`) and sends it with every train message
+    (:meth:`to_json`); clients encode their share with it and decode the sum.
+
+    Parameters
+    ----------
+    num_samples : int
+        Proxy samples per round (``m``).
+    num_classes : int
+        Classes (``C``).
+    max_summands : int
+        Most clients summed in the round (the number of clients sampled).
+    weighting : str (default: "sample_count")
+        Client weight ``w_i``: ``"sample_count"`` (training examples) or ``"uniform"``.
+    class_vote_weighting : bool (default: True)
+        Votes ``w_i n_ic`` per class (True) or ``w_i`` for every class (False).
+    temperature : float (default: 1.0)
+        Softmax temperature of the client logits.
+    era_temperature : float or None (default: 0.1)
+        DS-FL entropy-reduction temperature; ``None`` disables ERA.
+    probability_bits : int (default: 8)
+        Quantization bits of a probability.
+    vote_bits : int (default: 16)
+        Bits of an integer vote.
+    vote_unit : int (default: 1)
+        Votes are counted in this unit (1: exact votes).
+    key_fingerprint : str (default: "")
+        Hex fingerprint of the public key the clients must encrypt under.
+    """
+
+    num_samples: int
+    num_classes: int
+    max_summands: int
+    weighting: str = "sample_count"
+    class_vote_weighting: bool = True
+    temperature: float = 1.0
+    era_temperature: float | None = 0.1
+    probability_bits: int = 8
+    vote_bits: int = 16
+    vote_unit: int = 1
+    key_fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "max_summands", "probability_bits", "vote_bits", "vote_unit"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("num_classes", self.num_classes, 2)
+        if self.weighting not in SECURE_WEIGHTINGS:
+            raise ValueError(
+                f"weighting must be one of {SECURE_WEIGHTINGS}, got {self.weighting!r}"
+            )
+        ConsensusConfig("dsfl", self.temperature, self.era_temperature, True)  # validates
+        if not 1 <= self.probability_bits <= 16 or not 1 <= self.vote_bits <= 24:
+            raise ValueError(
+                "probability_bits must lie in [1, 16] and vote_bits in [1, 24], got "
+                f"{self.probability_bits} and {self.vote_bits}"
+            )
+        if self.value_bits > 32:
+            raise ValueError(
+                f"probability_bits + vote_bits give {self.value_bits}-bit values; at most "
+                "32 are supported"
+            )
+        total_bits = (self.max_summands * ((1 << self.value_bits) - 1)).bit_length()
+        if total_bits > MAX_EXACT_SUM_BITS:
+            raise ValueError(
+                f"a sum of {self.max_summands} {self.value_bits}-bit values needs "
+                f"{total_bits} bits, more than float64 holds exactly; lower the bits"
+            )
+
+    @classmethod
+    def for_consensus(
+        cls,
+        consensus: ConsensusConfig,
+        num_samples: int,
+        num_classes: int,
+        max_summands: int,
+        *,
+        weighting: str,
+        max_examples: int,
+        probability_bits: int = 8,
+        vote_bits: int = 16,
+        key_fingerprint: str = "",
+    ) -> "SecureConsensusSpec":
+        """The spec that computes ``consensus`` (a DS-FL rule) through a secure sum.
+
+        Parameters
+        ----------
+        consensus : ConsensusConfig
+            The plaintext rule to reproduce; its mode must be ``"dsfl"``.
+        num_samples, num_classes, max_summands : int
+            See the class parameters.
+        weighting : str
+            ``"sample_count"`` or ``"uniform"``.
+        max_examples : int
+            Public bound on any client's number of training examples. Sets the bound on
+            votes: ``max_examples**2`` (sample counts and class votes),
+            ``max_examples`` (one of them), 1 (neither), and from it the vote unit.
+        probability_bits : int (default: 8)
+            Quantization bits of a probability.
+        vote_bits : int (default: 16)
+            Most bits of an integer vote; fewer are used when the vote bound needs fewer.
+
+        Raises
+        ------
+        ValueError
+            If the mode is not ``"dsfl"`` (FedMD averages unbounded logits) or a bound is
+            invalid.
+        """
+        if consensus.mode != "dsfl":
+            raise ValueError(
+                f"a secure consensus reproduces the DS-FL rule (mode='dsfl'), got "
+                f"mode={consensus.mode!r}: FedMD averages unbounded logits"
+            )
+        _check_int("max_examples", max_examples, 1)
+        if weighting not in SECURE_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {SECURE_WEIGHTINGS}, got {weighting!r}")
+        factors = (weighting == "sample_count") + bool(consensus.class_vote_weighting)
+        max_vote = int(max_examples) ** factors
+        _check_int("vote_bits", vote_bits, 1)
+        bits = min(int(vote_bits), max_vote.bit_length())
+        unit = max(1, -(-max_vote // ((1 << bits) - 1)))
+        return cls(
+            num_samples=int(num_samples),
+            num_classes=int(num_classes),
+            max_summands=int(max_summands),
+            weighting=weighting,
+            class_vote_weighting=bool(consensus.class_vote_weighting),
+            temperature=float(consensus.temperature),
+            era_temperature=None if consensus.era_temperature is None
+            else float(consensus.era_temperature),
+            probability_bits=int(probability_bits),
+            vote_bits=bits,
+            vote_unit=unit,
+            key_fingerprint=key_fingerprint,
+        )
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def probability_levels(self) -> int:
+        """``P = 2**probability_bits - 1``: the quantized probability of 1."""
+        return (1 << self.probability_bits) - 1
+
+    @property
+    def max_vote_level(self) -> int:
+        """``V = 2**vote_bits - 1``: the largest integer vote."""
+        return (1 << self.vote_bits) - 1
+
+    @property
+    def value_bits(self) -> int:
+        """Bits of one encrypted value (``P * V`` at most)."""
+        return (self.probability_levels * self.max_vote_level).bit_length()
+
+    @property
+    def num_values(self) -> int:
+        """Values per client share: ``m * C`` numerators and ``C`` votes."""
+        return (self.num_samples + 1) * self.num_classes
+
+    def layout(self, plaintext_bits: int) -> SecureSumLayout:
+        """The secure-sum layout of a client share (integers, one quantization level each).
+
+        Parameters
+        ----------
+        plaintext_bits : int
+            ``n.bit_length() - 1`` of the public key.
+        """
+        return integer_layout(self.num_values, self.max_summands, self.value_bits,
+                              plaintext_bits)
+
+    def check_sum_layout(self, layout: SecureSumLayout, num_samples: int) -> None:
+        """Raise ``ValueError`` unless ``layout`` is this spec's layout for ``num_samples``.
+
+        The encrypted sum a client decodes was made in the previous round, whose
+        ``num_samples`` and ``max_summands`` may differ from this round's.
+        """
+        expected = integer_layout((num_samples + 1) * self.num_classes, layout.max_summands,
+                                  self.value_bits, layout.plaintext_bits)
+        if layout != expected:
+            raise ValueError(
+                f"the encrypted consensus has layout {layout}; this spec expects {expected} "
+                f"for {num_samples} proxy samples"
+            )
+
+    # ------------------------------------------------------------------ client share
+
+    def votes(self, class_counts: np.ndarray, num_examples: int) -> np.ndarray:
+        """A client's integer votes ``v~_c`` (int64, ``num_classes``).
+
+        Parameters
+        ----------
+        class_counts : np.ndarray
+            The client's label histogram ``(num_classes,)``, non-negative integers.
+        num_examples : int
+            The client's number of training examples (positive).
+
+        Raises
+        ------
+        ValueError
+            If the inputs are invalid or a vote exceeds the public bound (raise
+            ``max_examples``).
+        """
+        counts = np.asarray(class_counts)
+        if counts.shape != (self.num_classes,):
+            raise ValueError(
+                f"class_counts must have shape ({self.num_classes},), got {counts.shape}"
+            )
+        if not np.all(np.isfinite(counts)) or np.any(counts < 0) \
+                or np.any(counts != np.round(counts)):
+            raise ValueError("class_counts must be non-negative integers")
+        if isinstance(num_examples, bool) or int(num_examples) != num_examples or num_examples < 1:
+            raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
+        weight = int(num_examples) if self.weighting == "sample_count" else 1
+        counts = counts.astype(np.int64)
+        raw = weight * (counts if self.class_vote_weighting else np.ones_like(counts))
+        votes = np.where(raw > 0, np.maximum(1, _round_half_up(raw, self.vote_unit)), 0)
+        if votes.max() > self.max_vote_level:
+            raise ValueError(
+                f"a vote of {int(raw.max())} exceeds the public bound "
+                f"{self.max_vote_level * self.vote_unit}: this client holds more examples "
+                "than the max_examples the server announced; raise max_examples"
+            )
+        return votes.astype(np.int64)
+
+    def encode(self, logits: np.ndarray, class_counts: np.ndarray, num_examples: int) -> np.ndarray:
+        """A client's share ``[A_i.ravel(), B_i]`` as exact integers in float64.
+
+        Parameters
+        ----------
+        logits : np.ndarray
+            The client's logits on the round's proxy samples, ``(num_samples, num_classes)``.
+        class_counts : np.ndarray
+            Its label histogram.
+        num_examples : int
+            Its number of training examples.
+
+        Returns
+        -------
+        np.ndarray
+            ``num_values`` integers (float64) in ``[0, 2**value_bits - 1]``, for a
+            :class:`.SecureSumCodec` built on :meth:`layout`.
+
+        Raises
+        ------
+        ValueError
+            If the logits have the wrong shape or dtype, or hold NaN/Inf.
+        """
+        z = np.asarray(logits)
+        if not np.issubdtype(z.dtype, np.floating):
+            raise ValueError(f"logits must be a floating array, got dtype {z.dtype}")
+        if z.shape != (self.num_samples, self.num_classes):
+            raise ValueError(
+                f"logits must have shape ({self.num_samples}, {self.num_classes}), got {z.shape}"
+            )
+        if not np.all(np.isfinite(z)):
+            raise ValueError("logits contain NaN/Inf values")
+        votes = self.votes(class_counts, num_examples)
+        levels = np.rint(softmax(z, self.temperature) * self.probability_levels)
+        shares = levels * votes[None, :].astype(np.float64)
+        return np.concatenate([shares.ravel(), votes.astype(np.float64)])
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, sums: np.ndarray, num_summands: int) -> SecureConsensusResult:
+        """Turn the decrypted sum of ``num_summands`` shares into the consensus.
+
+        Parameters
+        ----------
+        sums : np.ndarray
+            Decrypted element-wise sums (from :meth:`.KeyHolder.decrypt_sum`), length
+            ``(m + 1) * num_classes`` for the ``m`` proxy samples of the summed round.
+        num_summands : int
+            Clients in the sum.
+
+        Returns
+        -------
+        SecureConsensusResult
+            The soft targets, as :func:`.logit_consensus` computes them, and the bound.
+
+        Raises
+        ------
+        ValueError
+            If the sums have the wrong length, are not integers, or do not fit
+            ``num_summands`` shares (a numerator above ``P`` times its vote total).
+        """
+        values = np.asarray(sums, dtype=np.float64)
+        classes = self.num_classes
+        if values.ndim != 1 or values.size < 2 * classes or values.size % classes:
+            raise ValueError(
+                f"sums must be 1-D with (samples + 1) * {classes} values, got shape {values.shape}"
+            )
+        if not np.all(np.isfinite(values)) or np.any(values < 0) \
+                or np.any(values != np.rint(values)):
+            raise ValueError("decrypted sums must be non-negative integers")
+        _check_int("num_summands", num_summands, 1)
+        integers = values.astype(np.int64)
+        numerators = integers[:-classes].reshape(-1, classes)
+        totals = integers[-classes:]
+        scale = self.probability_levels * totals
+        if np.any(numerators > scale[None, :]):
+            raise ValueError(
+                "a decrypted numerator exceeds probability 1 times its vote total: a share "
+                "was malformed or the sum is corrupted"
+            )
+        mean = np.divide(numerators, scale[None, :], out=np.zeros(numerators.shape),
+                         where=scale[None, :] > 0)
+        rows = mean.sum(axis=1, keepdims=True)
+        normalised = np.divide(mean, rows, out=np.full(mean.shape, 1.0 / classes),
+                               where=rows > 0)
+        if self.era_temperature is not None:
+            target = entropy_reduction(normalised, self.era_temperature)
+        else:
+            target = normalised
+        rounding = 1.0 / (2 * self.probability_levels)
+        votes_term = (np.divide(num_summands, totals, out=np.zeros(classes), where=totals > 0)
+                      if self.vote_unit > 1 else np.zeros(classes))
+        return SecureConsensusResult(
+            consensus=target.astype(np.float32),
+            mean_probabilities=mean,
+            vote_totals=totals,
+            error_bound=rounding + votes_term,
+            num_summands=int(num_summands),
+        )
+
+    # ------------------------------------------------------------------ wire format
+
+    def to_json(self) -> str:
+        """The spec as a JSON string (a Flower ``ConfigRecord`` value)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SecureConsensusSpec":
+        """Rebuild a spec from :meth:`to_json`.
+
+        Raises
+        ------
+        ValueError
+            If the text is not a valid spec.
+        """
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise TypeError("not a JSON object")
+            return cls(**raw)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"invalid secure consensus spec {text!r}: {error}") from error
+
+
+def consensus_context(key_fingerprint: str, consensus_indices: np.ndarray,
+                      num_classes: int) -> bytes:
+    """Associated data binding a sealed consensus to its key, proxy indices and shape.
+
+    A sealed consensus only opens for the ``consensus_indices`` it was computed on, so
+    it cannot be replayed with other indices.
+    """
+    indices = np.ascontiguousarray(consensus_indices, dtype=np.int64)
+    digest = hashlib.sha256(indices.tobytes()).hexdigest()
+    return f"flhet-consensus|{key_fingerprint}|{len(indices)}x{int(num_classes)}|{digest}".encode()
+
+
+def consensus_from_bytes(data: bytes, num_samples: int, num_classes: int) -> np.ndarray:
+    """Rebuild a float32 consensus ``(num_samples, num_classes)`` from its raw bytes.
+
+    Raises
+    ------
+    ValueError
+        If the size does not match, or the rows are not probability distributions.
+    """
+    expected = num_samples * num_classes * 4
+    if len(data) != expected:
+        raise ValueError(f"consensus holds {len(data)} bytes, expected {expected}")
+    consensus = np.frombuffer(data, dtype=np.float32).reshape(num_samples, num_classes).copy()
+    if not np.all(np.isfinite(consensus)) or np.any(consensus < 0) or \
+            not np.allclose(consensus.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError("the consensus rows are not probability distributions")
+    return consensus
+
+
+def integer_layout(num_values: int, max_summands: int, value_bits: int,
+                   plaintext_bits: int) -> SecureSumLayout:
+    """A :class:`.SecureSumLayout` whose quantization step is exactly 1 (integers as they are)."""
+    return SecureSumLayout(
+        num_values=num_values, max_summands=max_summands, value_min=0.0,
+        value_max=float((1 << value_bits) - 1), value_bits=value_bits,
+        plaintext_bits=plaintext_bits,
+    )
+
+
+def _round_half_up(values: np.ndarray, unit: int) -> np.ndarray:
+    return (values + unit // 2) // unit if unit > 1 else values
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+__all__ = [
+    "DECRYPT_FAILED_METRIC",
+    "DECRYPT_REPLY_KEY",
+    "DECRYPT_REQUEST_KEY",
+    "ENCRYPTED_CONSENSUS_ARRAY",
+    "ENCRYPTED_CONTRIBUTION_ARRAY",
+    "SEALED_CONSENSUS_ARRAY",
+    "SECURE_WEIGHTINGS",
+    "SPEC_CONFIG_KEY",
+    "SecureConsensusResult",
+    "SecureConsensusSpec",
+    "consensus_context",
+    "consensus_from_bytes",
+    "integer_layout",
+]
