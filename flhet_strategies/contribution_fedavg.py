@@ -29,13 +29,16 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 
 from .consensus_server import client_id_of
-from .core.contribution.ledger import ContributionLedger
-from .core.contribution.weight_average_round import EvalFn, WeightAverageContribution
+from .core.contribution.weight_average_round import (
+    ContributionViews,
+    EvalFn,
+    WeightAverageContribution,
+)
 
 __all__ = ["ContributionWeightedFedAvg"]
 
 
-class ContributionWeightedFedAvg(Strategy):
+class ContributionWeightedFedAvg(ContributionViews, Strategy):
     """Shapley-value aggregation weights around a weight-averaging Message-API strategy.
 
     Each round, before the inner strategy aggregates, the wrapper takes every
@@ -133,21 +136,6 @@ class ContributionWeightedFedAvg(Strategy):
             estimator_options=estimator_options,
         )
         self._round_start: tuple[int, list[np.ndarray]] | None = None
-
-    @property
-    def ledger(self) -> ContributionLedger:
-        """Per-round Shapley values and cumulative contributions (client id -> value)."""
-        return self.contribution.ledger
-
-    @property
-    def round_contributions(self) -> dict[int, dict[str, float]]:
-        """Round -> client id -> Shapley value in that round."""
-        return {entry.server_round: dict(entry.values) for entry in self.ledger.rounds}
-
-    @property
-    def weight_history(self) -> dict[int, dict[str, float]]:
-        """Round -> client id -> the aggregation weight the inner strategy received."""
-        return self.contribution.weight_history
 
     def __repr__(self) -> str:
         """Name the wrapper and its inner strategy."""

@@ -33,8 +33,11 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from .consensus_server import client_id_of
-from .core.contribution.ledger import ContributionLedger
-from .core.contribution.weight_average_round import EvalFn, WeightAverageContribution
+from .core.contribution.weight_average_round import (
+    ContributionViews,
+    EvalFn,
+    WeightAverageContribution,
+)
 
 __all__ = ["WEIGHT_UNITS", "ContributionWeightedFedAvgCompat"]
 
@@ -43,7 +46,7 @@ WEIGHT_UNITS = 1_000_000
 about this many (a resolution of one millionth)."""
 
 
-class ContributionWeightedFedAvgCompat(Strategy):
+class ContributionWeightedFedAvgCompat(ContributionViews, Strategy):
     """Shapley-value aggregation weights around a weight-averaging compat strategy.
 
     Each round, before the inner strategy aggregates, the wrapper values the
@@ -129,21 +132,6 @@ class ContributionWeightedFedAvgCompat(Strategy):
             estimator_options=estimator_options,
         )
         self._round_start: tuple[int, list[np.ndarray]] | None = None
-
-    @property
-    def ledger(self) -> ContributionLedger:
-        """Per-round Shapley values and cumulative contributions (client id -> value)."""
-        return self.contribution.ledger
-
-    @property
-    def round_contributions(self) -> dict[int, dict[str, float]]:
-        """Round -> client id -> Shapley value in that round."""
-        return {entry.server_round: dict(entry.values) for entry in self.ledger.rounds}
-
-    @property
-    def weight_history(self) -> dict[int, dict[str, float]]:
-        """Round -> client id -> aggregation weight (summing to one) before integer units."""
-        return self.contribution.weight_history
 
     def __repr__(self) -> str:
         """Name the wrapper and its inner strategy."""

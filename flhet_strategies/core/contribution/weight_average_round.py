@@ -273,3 +273,27 @@ def _checked_eval_fn(eval_fn: EvalFn, server_round: int) -> EvalFn:
         return accuracy
 
     return evaluate
+
+
+class ContributionViews:
+    """Read-only views shared by both contribution-weighted FedAvg faces.
+
+    Expects ``self.contribution`` to be a :class:`WeightAverageContribution`.
+    """
+
+    contribution: WeightAverageContribution
+
+    @property
+    def ledger(self) -> ContributionLedger:
+        """Per-round Shapley values and cumulative contributions (client id -> value)."""
+        return self.contribution.ledger
+
+    @property
+    def round_contributions(self) -> dict[int, dict[str, float]]:
+        """Round -> client id -> Shapley value in that round."""
+        return {entry.server_round: dict(entry.values) for entry in self.ledger.rounds}
+
+    @property
+    def weight_history(self) -> dict[int, dict[str, float]]:
+        """Round -> client id -> normalised aggregation weight given to the inner strategy."""
+        return self.contribution.weight_history
