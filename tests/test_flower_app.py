@@ -233,33 +233,45 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-@pytest.mark.integration
-def test_flwr_run_writes_results_of_both_phases(tmp_path):
-    """``flwr run`` on the tiny digits config: 2 rounds, local-only baseline, outputs."""
-    http_port, control_port = _free_port(), _free_port()
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
-           "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "UV_OFFLINE": "1"}  # the runtime `uv sync` (left on) must not need an index
-    # The SuperLink `flwr run` would start for the `local` connection, started here so
-    # that the test owns the process and stops it.
-    superlink = subprocess.Popen(
-        [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-         "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1",
-         "--port", str(http_port), "--log-file", str(tmp_path / "superlink.log")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = tmp_path / "out"
-    try:
+def _start_superlink(tmp_path: Path, attempts: int = 3):
+    """Start a local simulation SuperLink on fresh ports; retry if a port was taken meanwhile.
+
+    Returns the process, its HTTP port and the environment for ``flwr run``.
+    """
+    log_file = tmp_path / "superlink.log"
+    for _ in range(attempts):
+        http_port, control_port = _free_port(), _free_port()
+        env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
+               "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+               "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+               "FLWR_DISABLE_UPDATE_CHECK": "1",
+               "UV_OFFLINE": "1"}  # the runtime `uv sync` (left on) must not need an index
+        superlink = subprocess.Popen(
+            [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+             "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1",
+             "--port", str(http_port), "--log-file", str(log_file)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert superlink.poll() is None, (tmp_path / "superlink.log").read_text()
+        while time.monotonic() < deadline and superlink.poll() is None:
             try:
                 if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).is_success:
-                    break
+                    return superlink, http_port, env
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        superlink.terminate()
+        superlink.wait(timeout=30)
+    raise AssertionError(f"SuperLink did not start in {attempts} attempts:\n{log_file.read_text()}")
+
+
+@pytest.mark.integration
+def test_flwr_run_writes_results_of_both_phases(tmp_path):
+    """``flwr run`` on the tiny digits config: 2 rounds, local-only baseline, outputs."""
+    # The SuperLink `flwr run` would start for the `local` connection, started here so
+    # that the test owns the process and stops it.
+    superlink, http_port, env = _start_superlink(tmp_path)
+    out = tmp_path / "out"
+    try:
         run = subprocess.run(
             [_bin("flwr"), "run", str(APP_DIR), "--stream", "--federation-config",
              "num-supernodes=4 client-resources-num-cpus=1 init-args-num-cpus=2",
