@@ -241,7 +241,10 @@ def _start_superlink(tmp_path: Path, attempts: int = 3):
     log_file = tmp_path / "superlink.log"
     for _ in range(attempts):
         http_port, control_port = _free_port(), _free_port()
-        env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
+        # The SuperLink starts `flower-superexec` from PATH: the venv's bin must be on it
+        # even when the tests run as `.venv/bin/python -m pytest` without activation.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path, "FLWR_HOME": str(tmp_path / "flwr-home"),
                "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
                "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
                "FLWR_DISABLE_UPDATE_CHECK": "1",
