@@ -8,6 +8,9 @@ Public API (imported lazily, so ``flhet_strategies.core`` stays free of Flower):
   Paillier ciphertexts (clients run ``clients.mods.PaillierConsensusMod``).
 - :class:`ConsensusConfig` -- the consensus rule; :class:`DistillationRecipe` -- the
   client recipe sent each round.
+- :class:`DpFedAvg` / :class:`DpFedAvgCompat` -- Flower's fixed-clipping DP wrappers
+  around FedAvg (Message API / compat) with per-round epsilon and an epsilon budget;
+  :class:`RoundBudget` -- the API-neutral budget they share.
 """
 
 from importlib import import_module
@@ -19,6 +22,9 @@ _EXPORTS = {
     "SecureConsensus": "flhet_strategies.secure_consensus_strategy",
     "ContributionWeightedFedAvg": "flhet_strategies.contribution_fedavg",
     "ContributionWeightedFedAvgCompat": "flhet_strategies.contribution_fedavg_compat",
+    "DpFedAvg": "flhet_strategies.dp_fedavg",
+    "DpFedAvgCompat": "flhet_strategies.dp_fedavg_compat",
+    "RoundBudget": "flhet_strategies.privacy.round_budget",
     "ConsensusConfig": "flhet_strategies.core.consensus",
     "DistillationRecipe": "flhet_strategies.core.recipe",
     "ConsensusDistillation": "flhet_strategies.core.distillation",

@@ -28,15 +28,18 @@ from .consensus_server import (
     ClientResult,
     ConsensusServer,
     client_id_of,
+    default_budget,
     sample_fraction,
 )
 from .core.consensus import ConsensusConfig
 from .core.distillation import PLAN_ARRAY_KEYS, ConsensusDistillation
+from .core.dp.private_consensus import PrivateConsensus
 from .core.recipe import DistillationRecipe
 from .core.weighting import WeightFn, sample_count_weights
+from .privacy.round_budget import PrivacyViews, RoundBudget
 
 
-class FedConsensusCompat(Strategy):
+class FedConsensusCompat(PrivacyViews, Strategy):
     """Logit-consensus distillation (FedMD / DS-FL) for Flower's compat API.
 
     Same protocol and parameters as :class:`~flhet_strategies.message_api.FedConsensus`;
@@ -75,6 +78,13 @@ class FedConsensusCompat(Strategy):
     always_include : np.ndarray, optional
         Proxy indices requested in every round (part of ``proxy_per_round``), e.g. the
         server's labeled validation slice for contribution weighting.
+    privacy : PrivateConsensus, optional
+        Client-level differential privacy of every released consensus (``"central"``
+        mode; distributed noise needs the Message API's client mods).
+    privacy_budget : RoundBudget, optional
+        Accounting of ``privacy``; with ``max_epsilon``, rounds past the budget are
+        skipped (no messages) and the last round that fits is the clients' final
+        round (give ``num_rounds``). Default with ``privacy``: no budget.
     """
 
     def __init__(
@@ -93,19 +103,31 @@ class FedConsensusCompat(Strategy):
         seed: int = 0,
         phase: str = "main",
         always_include: np.ndarray | None = None,
+        privacy: PrivateConsensus | None = None,
+        privacy_budget: RoundBudget | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < fraction_fit <= 1.0 or not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError("fraction_fit must be in (0, 1], fraction_evaluate in [0, 1]")
+        if privacy is not None and privacy.mode != "central":
+            raise ValueError("FedConsensusCompat supports central DP only; distributed noise "
+                             "shares need the Message API (FedConsensus + DpPredictionsMod)")
         protocol = ConsensusDistillation(num_proxy, num_classes, proxy_per_round,
-                                         consensus, weight_fn, seed, always_include)
-        self.server = ConsensusServer(protocol, recipe, num_rounds, evaluate_every, phase)
+                                         consensus, weight_fn, seed, always_include, privacy)
+        budget = default_budget(privacy, privacy_budget, min_available_clients, fraction_fit)
+        self.server = ConsensusServer(protocol, recipe, num_rounds, evaluate_every, phase, budget)
+        self._capped = num_rounds is None
         self.fraction_fit = fraction_fit
         self.fraction_evaluate = fraction_evaluate
         self.min_available_clients = min_available_clients
 
     def __repr__(self) -> str:
         return f"FedConsensusCompat(consensus={self.server.protocol.consensus_config})"
+
+    @property
+    def budget(self) -> RoundBudget | None:
+        """The privacy accounting (``None`` without ``privacy``)."""
+        return self.server.budget
 
     @property
     def history(self) -> list[dict]:
@@ -127,6 +149,11 @@ class FedConsensusCompat(Strategy):
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         """Send the round plan to the sampled clients."""
         clients = self._sample(client_manager, self.fraction_fit, server_round)
+        if not self._capped:  # the compat Server runs a fixed number of rounds
+            self._capped = True
+            self.server.cap_rounds(self.server.num_rounds, len(clients))
+        if not self.server.round_allowed(server_round, len(clients)):
+            return []
         arrays, config = self.server.train_instructions(server_round)
         self.server.start_round(server_round, len(clients), arrays)
         fit_ins = FitIns(ndarrays_to_parameters([arrays[k] for k in PLAN_ARRAY_KEYS]), config)

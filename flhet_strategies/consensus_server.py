@@ -19,9 +19,11 @@ import numpy as np
 from flwr.common.logger import log
 
 from .core.distillation import ConsensusDistillation
+from .core.dp.private_consensus import NOISY_PROBABILITIES_ARRAY
 from .core.payload import ClientPayload
 from .core.recipe import DistillationRecipe
 from .history import RoundHistory
+from .privacy.round_budget import RoundBudget
 
 REPLY_ARRAY_KEYS = ("logits", "class_counts")
 """Order of a client reply's arrays where a Flower API needs a list."""
@@ -55,11 +57,15 @@ class ClientResult:
     arrays: Mapping[str, np.ndarray]
     metrics: Mapping[str, float]
 
-    def to_payload(self) -> ClientPayload:
-        """The protocol payload; missing pieces are left for validation to reject."""
+    def to_payload(self, prediction_key: str = "logits") -> ClientPayload:
+        """The protocol payload; missing pieces are left for validation to reject.
+
+        ``prediction_key`` names the prediction array: ``"logits"``, or
+        ``"noisy_probabilities"`` under distributed differential privacy.
+        """
         return ClientPayload(
             client_id=self.client_id,
-            logits=self.arrays.get("logits", np.zeros((0, 0), dtype=np.float32)),
+            logits=self.arrays.get(prediction_key, np.zeros((0, 0), dtype=np.float32)),
             num_examples=self.metrics.get(NUM_EXAMPLES_KEY, 0),
             class_counts=self.arrays.get("class_counts"),
         )
@@ -89,6 +95,29 @@ def sample_fraction(items: Sequence, fraction: float, seed: int, server_round: i
     return [items[i] for i in picked]
 
 
+def expected_cohort(population: int, fraction: float) -> int:
+    """Cohort size :func:`sample_fraction` draws from ``population`` clients."""
+    return int(population) if fraction >= 1.0 else max(int(population * fraction), 1)
+
+
+def default_budget(privacy, budget: RoundBudget | None, population: int,
+                   fraction: float) -> RoundBudget | None:
+    """The strategy's privacy accounting: ``budget`` if given, else one without a limit.
+
+    Without ``privacy`` there is nothing to account (a budget is then an error).
+    """
+    if privacy is None:
+        if budget is not None:
+            raise ValueError("privacy_budget given without privacy (a PrivateConsensus)")
+        return None
+    if budget is not None:
+        if not budget.ledger.non_negative_payloads:
+            raise ValueError("the consensus releases probabilities: build its RoundBudget "
+                             "with non_negative_payloads=True")
+        return budget
+    return RoundBudget(population, fraction=fraction, non_negative_payloads=True)
+
+
 def client_id_of(metrics: Mapping[str, object], node_id: int | str) -> str:
     """The client's self-reported id if present, else its Flower node id."""
     value = metrics.get(CLIENT_ID_KEY)
@@ -112,6 +141,12 @@ class ConsensusServer:
     phase : str (default: "main")
         Sent as ``flhet-phase`` with every message; clients keep a separate model
         per phase.
+    budget : RoundBudget, optional
+        Privacy accounting when ``protocol.privacy`` is set: every released consensus
+        is composed into it (``epsilon`` and ``delta`` in the round's history entry),
+        and a ``max_epsilon`` budget caps the rounds and refuses a round that would
+        exceed it. Created without a budget (epsilon recorded only) by the strategies
+        when omitted.
     """
 
     def __init__(
@@ -121,6 +156,7 @@ class ConsensusServer:
         num_rounds: int | None = None,
         evaluate_every: int = 1,
         phase: str = "main",
+        budget: RoundBudget | None = None,
     ) -> None:
         if evaluate_every < 1:
             raise ValueError(f"evaluate_every must be at least 1, got {evaluate_every}")
@@ -130,6 +166,48 @@ class ConsensusServer:
         self.recipe = recipe or DistillationRecipe()
         self.num_rounds = num_rounds
         self.history = RoundHistory()
+        if budget is not None and protocol.privacy is None:
+            raise ValueError("a privacy budget needs a protocol with privacy (PrivateConsensus)")
+        self.budget = budget
+        self._cohorts: dict[int, int] = {}
+        self._refused: set[int] = set()
+
+    @property
+    def prediction_key(self) -> str:
+        """Reply array holding the predictions (noisy probabilities under distributed DP)."""
+        privacy = self.protocol.privacy
+        if privacy is not None and privacy.mode == "distributed":
+            return NOISY_PROBABILITIES_ARRAY
+        return "logits"
+
+    def cap_rounds(self, num_rounds: int, cohort_size: int | None = None) -> int:
+        """Rounds of ``num_rounds`` that fit in the privacy budget (all without one).
+
+        Flower runs a fixed number of rounds; a strategy calls this before its first
+        round and runs the returned number, so that the last round that fits is
+        also the ``final-round`` the clients finish on. Sets :attr:`num_rounds`.
+        """
+        rounds = int(num_rounds)
+        if self.budget is not None:
+            rounds = self.budget.cap(rounds, self.protocol.privacy.noise_multiplier, cohort_size)
+        self.num_rounds = rounds
+        return rounds
+
+    def round_allowed(self, server_round: int, cohort_size: int) -> bool:
+        """Whether ``server_round`` runs: within :attr:`num_rounds` and the privacy budget.
+
+        A refused round sends nothing; the strategy returns no messages. Call it with
+        the sampled cohort before :meth:`train_instructions` (distributed DP tells the
+        clients how many noise shares make up the sum).
+        """
+        self._cohorts[int(server_round)] = int(cohort_size)
+        allowed = self.num_rounds is None or server_round <= self.num_rounds
+        if allowed and self.budget is not None:
+            allowed = self.budget.allows(server_round, self.protocol.privacy.noise_multiplier,
+                                         cohort_size)
+        if not allowed:
+            self._refused.add(int(server_round))
+        return allowed
 
     def train_instructions(
         self, server_round: int, extra_config: Mapping[str, object] | None = None
@@ -143,12 +221,16 @@ class ConsensusServer:
         final = self.num_rounds is not None and server_round >= self.num_rounds
         config = replace(self.recipe, final_round=final).to_config()
         config.update(dict(extra_config or {}))
+        privacy = self.protocol.privacy
+        if privacy is not None and privacy.mode == "distributed":
+            config.update(privacy.client_config(self._cohorts.get(int(server_round), 1)))
         config["server-round"] = int(server_round)
         config[PHASE_KEY] = self.phase
         return plan.to_arrays(), config
 
     def start_round(self, server_round: int, num_clients: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Record that the round's instructions went to ``num_clients`` clients."""
+        self._cohorts[int(server_round)] = int(num_clients)
         nbytes = sum(np.asarray(a).nbytes for a in arrays.values())
         self.history.start_round(server_round, bytes_down=nbytes * num_clients)
 
@@ -164,8 +246,19 @@ class ConsensusServer:
             when no reply was valid, and round metrics (accepted/rejected counts,
             mean training losses of the accepted clients).
         """
-        outcome = self.protocol.aggregate(server_round, [r.to_payload() for r in results])
+        if server_round in self._refused:
+            return None, {}
+        cohort = self._cohorts.get(int(server_round))
+        outcome = self.protocol.aggregate(
+            server_round, [r.to_payload(self.prediction_key) for r in results], cohort)
         self.history.record_train(server_round, outcome, failures)
+        privacy: dict[str, float] = {}
+        if outcome.noise_multiplier is not None:
+            if self.budget is None:
+                raise RuntimeError("a private consensus was released without a RoundBudget")
+            privacy = self.budget.record(server_round, outcome.noise_multiplier, cohort)
+            privacy = {**privacy, "released_rows": int(len(outcome.consensus))}
+            self.history.record_privacy(server_round, privacy)
         accepted = set(outcome.accepted)
         metrics: dict[str, float] = {
             "num-accepted": float(len(outcome.accepted)),
@@ -176,6 +269,8 @@ class ConsensusServer:
                       if r.client_id in accepted and key in r.metrics]
             if values:
                 metrics[key] = float(np.mean(values))
+        if privacy:
+            metrics.update(epsilon=float(privacy["epsilon"]), delta=float(privacy["delta"]))
         if outcome.consensus is None:
             return None, metrics
         indices, consensus = self.protocol.consensus
@@ -183,7 +278,11 @@ class ConsensusServer:
 
     def should_evaluate(self, server_round: int) -> bool:
         """Whether clients evaluate after ``server_round``."""
+        if server_round in self._refused:
+            return False
         last = self.num_rounds is not None and server_round >= self.num_rounds
+        if self.num_rounds is not None and server_round > self.num_rounds:
+            return False
         return last or server_round % self.evaluate_every == 0
 
     def evaluate_config(self, server_round: int) -> dict[str, object]:

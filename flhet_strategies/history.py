@@ -50,6 +50,11 @@ class RoundHistory:
         entry["weights"] = dict(outcome.weights)
         self._tick(server_round)
 
+    def record_privacy(self, server_round: int, privacy: dict) -> None:
+        """Store the privacy spent after the round (``epsilon``, ``delta``, ...)."""
+        entry = self._entry(server_round)
+        entry.update({k: v for k, v in privacy.items() if k != "round"})
+
     def record_evaluate(self, server_round: int, per_client: dict[str, dict[str, float]],
                         bytes_down: int = 0) -> dict | None:
         """Store the round's evaluation summary (``None`` if no client reported)."""

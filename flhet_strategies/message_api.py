@@ -12,11 +12,20 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from .consensus_server import ClientResult, ConsensusServer, client_id_of, sample_fraction
+from .consensus_server import (
+    ClientResult,
+    ConsensusServer,
+    client_id_of,
+    default_budget,
+    expected_cohort,
+    sample_fraction,
+)
 from .core.consensus import ConsensusConfig
 from .core.distillation import ConsensusDistillation
+from .core.dp.private_consensus import PrivateConsensus
 from .core.recipe import DistillationRecipe
 from .core.weighting import WeightFn, sample_count_weights
+from .privacy.round_budget import PrivacyViews, RoundBudget
 from .records import arrays_to_record, record_to_arrays
 
 PLAN_KEY = "plan"
@@ -29,7 +38,7 @@ METRICS_KEY = "metrics"
 CONFIG_KEY = "config"
 
 
-class FedConsensus(Strategy):
+class FedConsensus(PrivacyViews, Strategy):
     """Logit-consensus distillation over a public proxy set (FedMD / DS-FL).
 
     Clients of any architecture train on their private data and share only their
@@ -70,6 +79,31 @@ class FedConsensus(Strategy):
         Proxy indices requested in every round (part of ``proxy_per_round``), e.g. the
         server's labeled validation slice for
         :class:`~flhet_strategies.core.contribution.weighting.ContributionWeighting`.
+    privacy : PrivateConsensus, optional
+        Client-level differential privacy of every released consensus, central or
+        distributed (clients then run
+        :class:`~clients.mods.dp_predictions.DpPredictionsMod` with
+        ``encoding="probabilities"``). Needs DS-FL without per-class votes; clients are
+        weighted equally.
+    privacy_budget : RoundBudget, optional
+        Accounting of ``privacy`` (Flower's ``RdpAccountant``): ``epsilon`` and
+        ``delta`` in every history entry; with ``max_epsilon`` the run stops cleanly
+        after the last round that fits (that round is the clients' final round).
+        Default with ``privacy``: full or fixed-size sampling of
+        ``min_available_nodes`` clients, delta 1e-5, no budget.
+
+    Examples
+    --------
+    Central DP at epsilon 8 over 10 rounds of 10 clients::
+
+        z = noise_multiplier_for_epsilon(8.0, 1e-5, rounds=10, population_size=10,
+                                         sampling="full", non_negative_payloads=True)
+        strategy = FedConsensus(
+            num_proxy=5000, num_classes=10, proxy_per_round=50,
+            consensus=ConsensusConfig(class_vote_weighting=False),
+            privacy=PrivateConsensus(noise_multiplier=z),
+            privacy_budget=RoundBudget(10, 1e-5, max_epsilon=8.0, non_negative_payloads=True),
+            min_available_nodes=10)
     """
 
     def __init__(
@@ -87,15 +121,24 @@ class FedConsensus(Strategy):
         seed: int = 0,
         phase: str = "main",
         always_include: np.ndarray | None = None,
+        privacy: PrivateConsensus | None = None,
+        privacy_budget: RoundBudget | None = None,
     ) -> None:
         if not 0.0 < fraction_train <= 1.0 or not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError("fraction_train must be in (0, 1], fraction_evaluate in [0, 1]")
         protocol = ConsensusDistillation(num_proxy, num_classes, proxy_per_round,
-                                         consensus, weight_fn, seed, always_include)
-        self.server = ConsensusServer(protocol, recipe, evaluate_every=evaluate_every, phase=phase)
+                                         consensus, weight_fn, seed, always_include, privacy)
+        budget = default_budget(privacy, privacy_budget, min_available_nodes, fraction_train)
+        self.server = ConsensusServer(protocol, recipe, evaluate_every=evaluate_every,
+                                      phase=phase, budget=budget)
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_available_nodes = min_available_nodes
+
+    @property
+    def budget(self) -> RoundBudget | None:
+        """The privacy accounting (``None`` without ``privacy``)."""
+        return self.server.budget
 
     @property
     def history(self) -> list[dict]:
@@ -119,7 +162,8 @@ class FedConsensus(Strategy):
         ``initial_arrays`` may be omitted: there is no global model, the protocol's
         state is the consensus. The result's ``arrays`` is the final consensus.
         """
-        self.server.num_rounds = num_rounds
+        num_rounds = self.server.cap_rounds(
+            num_rounds, expected_cohort(self.min_available_nodes, self.fraction_train))
         return super().start(grid, initial_arrays or ArrayRecord(), num_rounds, timeout,
                              train_config, evaluate_config, evaluate_fn)
 
@@ -132,6 +176,8 @@ class FedConsensus(Strategy):
                         grid: Grid) -> Iterable[Message]:
         """Send the round plan (proxy indices + previous consensus) to sampled nodes."""
         node_ids = self._sample(grid, self.fraction_train, server_round)
+        if not self.server.round_allowed(server_round, len(node_ids)):
+            return []
         plan_arrays, plan_config = self.server.train_instructions(server_round, dict(config))
         self.server.start_round(server_round, len(node_ids), plan_arrays)
         content = RecordDict({PLAN_KEY: arrays_to_record(plan_arrays),

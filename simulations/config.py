@@ -168,6 +168,134 @@ class ContributionConfig:
             raise ValueError(f'metric must be "accuracy" or "neg_log_loss", got {self.metric!r}')
 
 
+DP_MODES = ("central", "distributed")
+
+
+@dataclass(frozen=True)
+class DpConfig:
+    """Client-level differential privacy of the released consensus.
+
+    See :class:`flhet_strategies.core.dp.private_consensus.PrivateConsensus` for the
+    mechanism and :class:`flhet_strategies.privacy.accounting.PrivacyLedger` for the
+    accounting (Flower's ``RdpAccountant``; full participation when
+    ``strategy.fraction_train`` is 1, else fixed-size cohorts).
+
+    Parameters
+    ----------
+    enabled : bool
+        Privatize the consensus; every ``history`` entry then carries ``epsilon`` and
+        ``delta``.
+    mode : str
+        ``"central"`` (the server clips and noises the sum) or ``"distributed"`` (each
+        client's :class:`~clients.mods.dp_predictions.DpPredictionsMod` adds its share;
+        Message API only).
+    target_epsilon : float, optional
+        Calibrate the noise multiplier so that ``num_rounds`` rounds spend this epsilon
+        (:func:`~flhet_strategies.privacy.accounting.noise_multiplier_for_epsilon`).
+    noise_multiplier : float, optional
+        ``z = sigma / S`` directly (give this or ``target_epsilon``).
+    delta : float
+        The delta epsilon is reported at.
+    max_epsilon : float, optional
+        Budget: the run stops cleanly (results and client models saved) before a round
+        would exceed it. Default: ``target_epsilon``.
+    clip_norm : float
+        Clipping parameter (the row bound with ``"per-row"``; 1 clips nothing).
+    clip_mode : str
+        ``"per-row"`` or ``"flat"``.
+    min_margin : float
+        Release only consensus rows whose noisy top-1 beats the runner-up by this many
+        noise standard deviations (post-processing, free); 0 releases (almost) all.
+    no_dp_baseline : bool
+        Also run the same configuration without DP in the same invocation:
+        ``baselines.no_dp``.
+    """
+
+    enabled: bool = False
+    mode: str = "central"
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    max_epsilon: float | None = None
+    clip_norm: float = 1.0
+    clip_mode: str = "per-row"
+    min_margin: float = 2.0
+    no_dp_baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in DP_MODES:
+            raise ValueError(f"mode must be one of {DP_MODES}, got {self.mode!r}")
+        if self.enabled and (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("give exactly one of target_epsilon and noise_multiplier")
+        for name in ("target_epsilon", "noise_multiplier", "max_epsilon"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
+        if not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
+        if not self.min_margin >= 0:
+            raise ValueError(f"min_margin must be non-negative, got {self.min_margin}")
+        if self.clip_mode not in ("per-row", "flat"):
+            raise ValueError(f'clip_mode must be "per-row" or "flat", got {self.clip_mode!r}')
+
+    @property
+    def budget(self) -> float | None:
+        """``max_epsilon``, defaulting to ``target_epsilon``."""
+        return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon
+
+
+@dataclass(frozen=True)
+class PaillierConfig:
+    """Paillier secure sum of the consensus (the server adds ciphertexts only).
+
+    See :class:`flhet_strategies.secure_consensus_strategy.SecureConsensus` and
+    :class:`clients.mods.paillier_consensus.PaillierConsensusMod`. Keys are dealt
+    outside the server into ``key_dir``: the strategy loads the public key only.
+
+    Parameters
+    ----------
+    enabled : bool
+        Encrypt the clients' predictions; the server never sees a plaintext.
+    key_dir : str, optional
+        Folder of the key files (default: ``<out>/paillier_keys``); existing keys are
+        reused.
+    key_bits : int
+        Modulus size (at least 2048).
+    max_examples : int, optional
+        Public bound on a client's example count (sizes the vote slots); default: the
+        largest client training set of the split.
+    decryption : str
+        ``"delegate"`` (one client per round decrypts the sum and relays it sealed to
+        the others) or ``"every_client"``.
+    workers : int
+        Threads computing Paillier randomness in each client's mod.
+    plaintext_baseline : bool
+        Also run the same configuration without encryption in the same invocation:
+        ``baselines.plaintext``.
+    """
+
+    enabled: bool = False
+    key_dir: str | None = None
+    key_bits: int = 2048
+    max_examples: int | None = None
+    decryption: str = "delegate"
+    workers: int = 1
+    plaintext_baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.key_bits < 2048:
+            raise ValueError(f"key_bits must be at least 2048, got {self.key_bits}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"max_examples must be positive, got {self.max_examples}")
+        if self.decryption not in ("delegate", "every_client"):
+            raise ValueError(f'decryption must be "delegate" or "every_client", '
+                             f"got {self.decryption!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """Resources of Flower's simulation engine (Ray backend).
@@ -207,7 +335,7 @@ class ExperimentConfig:
         (compat strategy + ``NumPyClient``).
     local_only_eval_every : int, optional
         Evaluation period of the local-only baseline (default: after the last round).
-    data, strategy, recipe, simulation, contribution
+    data, strategy, recipe, simulation, contribution, dp, paillier
         The sections of the same names.
     clients : tuple[ClientGroup, ...]
         Client groups, in client-id order; their counts add up to ``data.num_clients``.
@@ -223,6 +351,8 @@ class ExperimentConfig:
     recipe: DistillationRecipe = field(default_factory=DistillationRecipe)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     contribution: ContributionConfig = field(default_factory=ContributionConfig)
+    dp: DpConfig = field(default_factory=DpConfig)
+    paillier: PaillierConfig = field(default_factory=PaillierConfig)
     clients: tuple[ClientGroup, ...] = ()
 
     def __post_init__(self) -> None:
@@ -241,6 +371,7 @@ class ExperimentConfig:
         self.strategy.consensus()  # validates the consensus fields
         self.data.partitioner_spec()
         self._check_roles()
+        self._check_privacy()
         if self.contribution.enabled and not (
             1 <= self.data.proxy_validation_size <= self.strategy.proxy_per_round
         ):
@@ -264,6 +395,25 @@ class ExperimentConfig:
                 f"the label-noise client ({noisy[0].architecture}) and its twin "
                 f"({twin[0].architecture}) must have the same architecture: a matched pair"
             )
+
+    def _check_privacy(self) -> None:
+        if not (self.dp.enabled or self.paillier.enabled):
+            return
+        what = "[dp]" if self.dp.enabled else "[paillier]"
+        if self.contribution.enabled:
+            raise ConfigError(f"{what} cannot be combined with [contribution]: Shapley values "
+                              "need every client's plaintext predictions")
+        if self.strategy.mode != "dsfl":
+            raise ConfigError(f'{what} needs strategy.mode = "dsfl" (a sum of probabilities)')
+        if self.dp.enabled and self.strategy.class_vote_weighting:
+            raise ConfigError("[dp] needs strategy.class_vote_weighting = false: per-class "
+                              "vote weights use the clients' exact label histograms")
+        if self.paillier.enabled and self.api != "message":
+            raise ConfigError("[paillier] runs with api = \"message\" (client mods)")
+        if self.dp.enabled and self.dp.mode == "distributed" and self.api != "message":
+            raise ConfigError('[dp] mode = "distributed" runs with api = "message" (client mods)')
+        if self.dp.enabled and self.paillier.enabled:
+            raise ConfigError("[dp] with [paillier] in one run is not wired in the simulation yet")
 
     def client_roles(self) -> list[str]:
         """The role of every client id, in order (``""`` for honest clients)."""
@@ -289,7 +439,8 @@ class ExperimentConfig:
 
 
 _SECTIONS = {"data": DataConfig, "strategy": StrategyConfig, "recipe": DistillationRecipe,
-             "simulation": SimulationConfig, "contribution": ContributionConfig}
+             "simulation": SimulationConfig, "contribution": ContributionConfig,
+             "dp": DpConfig, "paillier": PaillierConfig}
 
 
 def _build(cls: type, raw: dict, where: str):

@@ -8,6 +8,7 @@ calls Flower's ``run_simulation``) and the Flower App in ``simulations/flower_ap
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from flwr.app import Context
@@ -21,7 +22,22 @@ from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
 from clients.numpy_client import DistillationNumPyClient
 from clients.state import client_id_from_context
+from clients.mods.dp_predictions import DpPredictionsMod
+from clients.mods.paillier_consensus import PaillierConsensusMod
 from flhet_strategies.compat_api import FedConsensusCompat
+from flhet_strategies.consensus_server import expected_cohort
+from flhet_strategies.core.dp.private_consensus import PrivateConsensus
+from flhet_strategies.core.secure_sum.key_files import (
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    KeyFiles,
+    deal_keys,
+    load_public_key,
+)
+from flhet_strategies.core.secure_sum.keys import key_fingerprint
+from flhet_strategies.privacy.accounting import noise_multiplier_for_epsilon
+from flhet_strategies.privacy.round_budget import RoundBudget, sampling_for_fraction
+from flhet_strategies.secure_consensus_strategy import SecureConsensus
 from flhet_strategies.core.contribution.ledger import ContributionLedger
 from flhet_strategies.core.contribution.weighting import ContributionWeighting
 from flhet_strategies.message_api import FedConsensus
@@ -106,8 +122,58 @@ def build_contribution_weighting(cfg: ExperimentConfig, audit_only: bool = False
     )
 
 
+def without_privacy(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same experiment with ``[dp]`` and ``[paillier]`` switched off (its baselines)."""
+    return cfg.with_overrides(**{"dp.enabled": False, "paillier.enabled": False})
+
+
+def dp_noise_multiplier(cfg: ExperimentConfig) -> float | None:
+    """``z`` of the ``[dp]`` section: given, or calibrated to ``target_epsilon``.
+
+    The calibration spends ``target_epsilon`` over ``num_rounds`` releases at ``delta``
+    with the strategy's real sampling (every client, or fixed-size cohorts).
+    """
+    dp = cfg.dp
+    if not dp.enabled:
+        return None
+    if dp.noise_multiplier is not None:
+        return float(dp.noise_multiplier)
+    population, fraction = cfg.data.num_clients, cfg.strategy.fraction_train
+    cohort = expected_cohort(population, fraction)
+    return noise_multiplier_for_epsilon(
+        dp.target_epsilon, dp.delta, cfg.num_rounds, sampling_rate=cohort / population,
+        population_size=population, sampling=sampling_for_fraction(fraction),
+        non_negative_payloads=True)
+
+
+def dp_strategy_options(cfg: ExperimentConfig) -> dict:
+    """``privacy`` and ``privacy_budget`` for the strategy of a ``[dp]`` experiment."""
+    dp = cfg.dp
+    if not dp.enabled:
+        return {}
+    privacy = PrivateConsensus(dp_noise_multiplier(cfg), dp.clip_norm, dp.mode, dp.clip_mode,
+                               seed=cfg.seed, min_margin=dp.min_margin)
+    budget = RoundBudget(cfg.data.num_clients, dp.delta, dp.budget,
+                         fraction=cfg.strategy.fraction_train, non_negative_payloads=True)
+    return {"privacy": privacy, "privacy_budget": budget}
+
+
+def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path) -> KeyFiles:
+    """The Paillier key pair of a ``[paillier]`` experiment, dealt if not there yet.
+
+    The key dealer (this function, outside the server) writes the private key for the
+    clients and the public key for the server into ``paillier.key_dir`` (default:
+    ``<out_dir>/paillier_keys``); existing files there are reused.
+    """
+    key_dir = Path(cfg.paillier.key_dir or Path(out_dir) / "paillier_keys")
+    private, public = key_dir / PRIVATE_KEY_FILE, key_dir / PUBLIC_KEY_FILE
+    if private.is_file() and public.is_file():
+        return KeyFiles(private, public, key_fingerprint(load_public_key(public)).hex())
+    return deal_keys(key_dir, cfg.paillier.key_bits)
+
+
 def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
-                   sample_count_weighting: bool = False):
+                   sample_count_weighting: bool = False, key_files: KeyFiles | None = None):
     """The server strategy for the config's API face (Message API or compat).
 
     With ``[contribution] enabled`` the strategy weights clients by
@@ -127,6 +193,14 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         Build the sample-count baseline of a contribution-weighted run: the same
         strategy, proxy requests and contribution audit, but sample-count weights,
         under phase ``sample_count_weighting`` (fresh client models).
+    key_files : KeyFiles, optional
+        With ``[paillier] enabled``: the dealt keys; the strategy is wrapped in
+        :class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus` with the
+        public key only.
+
+    With ``[dp] enabled`` the strategy privatizes every consensus
+    (:func:`dp_strategy_options`). The local-only baseline is built without DP or
+    encryption (it releases nothing anybody learns from).
     """
     split = build_split(cfg)
     s = cfg.strategy
@@ -142,17 +216,32 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     if cfg.contribution.enabled and not local_only:
         common.update(weight_fn=build_contribution_weighting(cfg, sample_count_weighting),
                       always_include=split.proxy_validation_indices)
+    if not local_only:
+        common.update(dp_strategy_options(cfg))
     if cfg.api == "message":
-        return FedConsensus(fraction_train=s.fraction_train, **common,
-                            min_available_nodes=cfg.data.num_clients)
+        strategy = FedConsensus(fraction_train=s.fraction_train, **common,
+                                min_available_nodes=cfg.data.num_clients)
+        if cfg.paillier.enabled and not local_only:
+            if key_files is None:
+                raise ValueError("[paillier] enabled: build_strategy needs the dealt key_files")
+            max_examples = cfg.paillier.max_examples or max(len(c.train) for c in split.clients)
+            strategy = SecureConsensus(strategy, load_public_key(key_files.public_path),
+                                       max_examples=max_examples,
+                                       decryption=cfg.paillier.decryption)
+        return strategy
     return FedConsensusCompat(num_rounds=cfg.num_rounds, fraction_fit=s.fraction_train, **common,
                               min_available_clients=cfg.data.num_clients)
 
 
 def contribution_ledger(strategy) -> ContributionLedger | None:
     """The contribution ledger of a strategy built by :func:`build_strategy`, if it keeps one."""
-    weight_fn = strategy.server.protocol.weight_fn
+    weight_fn = inner_strategy(strategy).server.protocol.weight_fn
     return weight_fn.ledger if isinstance(weight_fn, ContributionWeighting) else None
+
+
+def inner_strategy(strategy):
+    """The consensus strategy itself (inside a :class:`SecureConsensus` wrapper)."""
+    return strategy.strategy if isinstance(strategy, SecureConsensus) else strategy
 
 
 def _client_for(cfg: ExperimentConfig, context: Context) -> DistillationClient:
@@ -160,10 +249,29 @@ def _client_for(cfg: ExperimentConfig, context: Context) -> DistillationClient:
     return build_client(cfg, client_id_from_context(context))
 
 
-def make_client_app(cfg: ExperimentConfig):
-    """The ClientApp for the config's API face."""
+def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> list:
+    """Client mods of the experiment's main run (Message API).
+
+    ``[dp] mode = "distributed"``: :class:`~clients.mods.dp_predictions.DpPredictionsMod`
+    (linear ``"probabilities"`` encoding; the server sends ``z``, the clip and the cohort
+    size every round). ``[paillier]``: :class:`~clients.mods.paillier_consensus.PaillierConsensusMod`
+    with the private key file.
+    """
+    mods: list = []
+    if cfg.dp.enabled and cfg.dp.mode == "distributed":
+        mods.append(DpPredictionsMod(encoding="probabilities"))
+    if cfg.paillier.enabled:
+        if key_files is None:
+            raise ValueError("[paillier] enabled: the client app needs the dealt key_files")
+        mods.append(PaillierConsensusMod(key_files.private_path, workers=cfg.paillier.workers))
+    return mods
+
+
+def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
+    """The ClientApp for the config's API face (with :func:`client_mods`)."""
     if cfg.api == "message":
-        return distillation_client_app(lambda context: _client_for(cfg, context))
+        return distillation_client_app(lambda context: _client_for(cfg, context),
+                                       mods=client_mods(cfg, key_files))
     from flwr.clientapp import ClientApp
 
     def client_fn(context: Context):

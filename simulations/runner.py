@@ -8,10 +8,13 @@ distillation weight set to zero so nobody learns from anybody), then writes
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from pathlib import Path
+
+import numpy as np
 
 from clients.learners.free_rider import FreeRiderLearner
 from clients.models.zoo import describe
@@ -24,16 +27,23 @@ from .experiment import (
     build_split,
     build_strategy,
     contribution_ledger,
+    dp_noise_multiplier,
+    inner_strategy,
     make_client_app,
+    paillier_key_files,
+    without_privacy,
 )
 from .reporting import write_report, write_results_json
 
 HISTORY_KEYS = ("round", "client_accuracy_mean", "client_accuracy_std", "client_accuracy_min",
                 "global_accuracy_mean", "bytes_up", "bytes_down", "seconds")
+PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "released_rows")
+"""History keys of a round that released a differentially private consensus."""
 
 
 def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
-                      sample_count_weighting: bool = False):
+                      sample_count_weighting: bool = False, *, strategy_factory=None,
+                      key_files=None):
     """Run one federation in Flower's simulation engine; return its strategy.
 
     Parameters
@@ -44,6 +54,13 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
         Run the local-only baseline (see :func:`~simulations.experiment.build_strategy`).
     sample_count_weighting : bool (default: False)
         Run the sample-count-weighted baseline of a contribution-weighted experiment.
+    strategy_factory : callable, optional
+        ``() -> strategy`` replacing :func:`~simulations.experiment.build_strategy`
+        (e.g. a benchmark's variant of the configured strategy); the other two
+        parameters are then ignored.
+    key_files : KeyFiles, optional
+        The dealt Paillier keys of a ``[paillier]`` experiment (public key for the
+        strategy, private key for the clients' mod).
 
     Returns
     -------
@@ -57,7 +74,9 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
     sink: dict = {}
 
     def strategy_for_run():
-        sink["strategy"] = build_strategy(cfg, local_only, sample_count_weighting)
+        sink["strategy"] = (strategy_factory() if strategy_factory is not None
+                            else build_strategy(cfg, local_only, sample_count_weighting,
+                                                key_files))
         return sink["strategy"]
 
     if cfg.api == "message":
@@ -76,7 +95,7 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
         server_app = ServerApp(server_fn=server_fn)
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(server_app=server_app, client_app=make_client_app(cfg),
+    run_simulation(server_app=server_app, client_app=make_client_app(cfg, key_files),
                    num_supernodes=cfg.data.num_clients, backend_config=backend_config(cfg))
     if "strategy" not in sink or not sink["strategy"].history:
         raise RuntimeError("the simulation ended without a single completed round; see the log above")
@@ -115,6 +134,7 @@ def _history_rows(history: list[dict]) -> list[dict]:
         if entry.get("client_accuracy_mean") is None:
             continue  # a round without evaluation
         row = {k: entry.get(k) for k in HISTORY_KEYS}
+        row.update({k: entry[k] for k in PRIVACY_KEYS if k in entry})
         row["num_failures"] = entry.get("num_failures", 0)
         row["per_client"] = entry.get("per_client", {})
         rows.append(row)
@@ -140,7 +160,9 @@ def assemble_results(cfg: ExperimentConfig, history: list[dict],
                      local_only: list[dict] | None, wall_seconds: float, *,
                      contributions: dict | None = None,
                      sample_count: list[dict] | None = None,
-                     sample_count_contributions: dict | None = None) -> dict:
+                     sample_count_contributions: dict | None = None,
+                     baselines: dict[str, list[dict]] | None = None,
+                     sections: dict[str, dict] | None = None) -> dict:
     """Build the ``results.json`` content from the histories of the runs.
 
     Parameters
@@ -160,6 +182,12 @@ def assemble_results(cfg: ExperimentConfig, history: list[dict],
         (``baselines.sample_count_weighting``).
     sample_count_contributions : dict, optional
         That run's contribution audit.
+    baselines : dict[str, list[dict]], optional
+        Further baselines by name (e.g. ``no_dp``, ``plaintext``: the same
+        configuration without DP or encryption), each with ``gain_points`` of the
+        strategy over it.
+    sections : dict[str, dict], optional
+        Extra top-level sections (``privacy``, ``paillier``).
 
     Returns
     -------
@@ -201,6 +229,12 @@ def assemble_results(cfg: ExperimentConfig, history: list[dict],
             entry["contributions"] = sample_count_contributions
         entry["contribution_weighting_gain"] = _points(results["final"], base[-1])
         results["baselines"]["sample_count_weighting"] = entry
+    for name, baseline_history in (baselines or {}).items():
+        base = _history_rows(baseline_history)
+        entry = _baseline_entry(base)
+        entry["gain_points"] = _points(results["final"], base[-1])
+        results["baselines"][name] = entry
+    results.update(sections or {})
     return results
 
 
@@ -225,26 +259,103 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
     split = build_split(cfg)  # fail fast on data problems, before Ray starts
     log.info("data: %s clients, proxy %s, global test %s", len(split.clients),
              len(split.proxy_x), len(split.global_test))
+    key_files = paillier_key_files(cfg, out) if cfg.paillier.enabled else None
+    plain = without_privacy(cfg)
     t0 = time.perf_counter()
-    strategy = simulate_strategy(cfg)
+    strategy = simulate_strategy(cfg, key_files=key_files)
+    main_seconds = time.perf_counter() - t0
     log.info("local-only baseline: same clients and epochs, kd_weight=0")
-    local_only = simulate(cfg, local_only=True)
+    local_only = simulate(plain, local_only=True)
     contribution = cfg.contribution
     sample_count = None
     if contribution.enabled and contribution.use_for_weights and contribution.sample_count_baseline:
         log.info("sample-count baseline: same strategy with sample-count weights")
         sample_count = simulate_strategy(cfg, sample_count_weighting=True)
+    baselines, sections = {}, {}
+    if cfg.dp.enabled:
+        sections["privacy"] = privacy_section(cfg, strategy)
+        if cfg.dp.no_dp_baseline:
+            log.info("no-DP baseline: the same configuration without differential privacy")
+            baselines["no_dp"] = simulate(plain)
+    if cfg.paillier.enabled:
+        plaintext, plain_seconds = None, None
+        if cfg.paillier.plaintext_baseline:
+            log.info("plaintext baseline: the same configuration without encryption")
+            t1 = time.perf_counter()
+            plaintext = simulate(plain)
+            plain_seconds = time.perf_counter() - t1
+            baselines["plaintext"] = plaintext
+        sections["paillier"] = paillier_section(key_files, strategy.history, main_seconds,
+                                                plaintext, plain_seconds)
     results = assemble_results(
         cfg, strategy.history, local_only, time.perf_counter() - t0,
         contributions=_ledger_dict(strategy),
         sample_count=None if sample_count is None else sample_count.history,
         sample_count_contributions=None if sample_count is None else _ledger_dict(sample_count),
+        baselines=baselines, sections=sections,
     )
+    save_server_state(strategy, out)
     write_results_json(results, out)
     write_report(results, out)
     if "contributions" in results:
         write_contributions_png(results, out)
     return results
+
+
+def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
+    """``results.json`` ``privacy``: mechanism, noise, budget, epsilon spent, rounds run."""
+    budget = inner_strategy(strategy).budget
+    rounds = budget.history
+    return {
+        "mode": cfg.dp.mode, "noise_multiplier": dp_noise_multiplier(cfg),
+        "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode,
+        "min_margin": cfg.dp.min_margin,
+        "released_rows": [e.get("released_rows") for e in inner_strategy(strategy).history
+                          if "epsilon" in e],
+        "sampling": budget.sampling, "delta": budget.target_delta,
+        "target_epsilon": cfg.dp.target_epsilon, "max_epsilon": budget.max_epsilon,
+        "epsilon": budget.epsilon, "rounds_run": len(rounds),
+        "rounds_requested": cfg.num_rounds, "stopped_at": budget.stopped_at,
+        "accountant": "flwr.serverapp.RdpAccountant (client-level, add-or-remove-one "
+                      "for full participation, replace-one for fixed-size cohorts)",
+    }
+
+
+def _mean_round_seconds(history: list[dict]) -> float:
+    seconds = [e["seconds"] for e in history if e.get("seconds")]
+    return float(sum(seconds) / len(seconds)) if seconds else float("nan")
+
+
+def paillier_section(key_files, history: list[dict], seconds: float,
+                     plaintext: list[dict] | None, plaintext_seconds: float | None) -> dict:
+    """``results.json`` ``paillier``: key fingerprint, round time and traffic vs plaintext."""
+    section = {"public_key_fingerprint": key_files.fingerprint,
+               "round_seconds_mean": _mean_round_seconds(history),
+               "federation_seconds": seconds,
+               "bytes_up": sum(e.get("bytes_up", 0) for e in history)}
+    if plaintext is not None:
+        plain_bytes = sum(e.get("bytes_up", 0) for e in plaintext)
+        section.update(
+            plaintext_round_seconds_mean=_mean_round_seconds(plaintext),
+            plaintext_federation_seconds=plaintext_seconds,
+            round_time_ratio=section["round_seconds_mean"] / _mean_round_seconds(plaintext),
+            federation_time_ratio=seconds / plaintext_seconds,
+            bytes_up_ratio=section["bytes_up"] / plain_bytes if plain_bytes else None)
+    return section
+
+
+def save_server_state(strategy, out: Path) -> Path:
+    """Write the server's final state to ``out/server_state.npz``: the last consensus
+    (indices and soft targets; empty under Paillier, where the server never sees it)
+    and, with DP, the privacy ledger (``privacy_ledger.json``)."""
+    inner = inner_strategy(strategy)
+    indices, consensus = inner.server.protocol.consensus
+    path = out / "server_state.npz"
+    np.savez_compressed(path, consensus_indices=indices, consensus=consensus)
+    if inner.budget is not None:
+        (out / "privacy_ledger.json").write_text(
+            json.dumps(inner.budget.ledger.state_dict(), indent=1, default=str))
+    return path
 
 
 def _ledger_dict(strategy) -> dict | None:

@@ -31,9 +31,11 @@ the sum with :func:`flhet_strategies.core.dp.noisy_rows_to_probabilities`.
 Either way the reply gets a ``ConfigRecord`` ``"dp"`` describing what was done
 (encoding, noise std, payload bound ``S``, ``n``, clip mode), for the server to check.
 
-Parameters come from the train message's config record (keys :data:`NOISE_MULTIPLIER_KEY`,
-:data:`CLIP_NORM_KEY`, :data:`NUM_CLIENTS_KEY`; the server knows the cohort size ``n``)
-and fall back to the mod's construction arguments.
+Parameters come from the train message's config record (keys ``dp-noise-multiplier``,
+``dp-clip-norm``, ``dp-clip-mode``, ``dp-num-clients``, defined in
+:mod:`flhet_strategies.core.dp.private_consensus`; the server knows the cohort size
+``n``) and fall back to the mod's construction arguments. A ``FedConsensus`` built
+with ``PrivateConsensus(mode="distributed")`` sends them every round.
 """
 
 from __future__ import annotations
@@ -56,23 +58,18 @@ from flhet_strategies.core.dp import (
     noisy_rows_to_probabilities,
     payload_norm_bound,
 )
+from flhet_strategies.core.dp.private_consensus import (
+    CLIP_MODE_KEY,
+    CLIP_NORM_KEY,
+    NOISE_MULTIPLIER_KEY,
+    NOISY_PROBABILITIES_ARRAY,
+    NUM_CLIENTS_KEY,
+)
 from flhet_strategies.message_api import CONFIG_KEY, REPLY_KEY
 from flhet_strategies.records import arrays_to_record, record_to_arrays
 
-NOISE_MULTIPLIER_KEY = "dp-noise-multiplier"
-"""Config key: ``z``, noise std on the sum of the cohort's replies over the bound ``S``."""
-
-CLIP_NORM_KEY = "dp-clip-norm"
-"""Config key: the clipping parameter (``S`` for flat clipping, the row bound for per-row)."""
-
-NUM_CLIENTS_KEY = "dp-num-clients"
-"""Config key: ``n``, the replies whose noise shares make up the sum."""
-
 DP_RECORD_KEY = "dp"
 """Reply ``ConfigRecord`` describing the applied mechanism."""
-
-NOISY_PROBABILITIES_ARRAY = "noisy_probabilities"
-"""Reply array of the linear ``"probabilities"`` encoding."""
 
 ENCODINGS = ("log-probabilities", "probabilities")
 
@@ -137,8 +134,11 @@ class DpPredictionsMod:
         self.keep_class_counts = bool(keep_class_counts)
         self.rng = rng
 
-    def _parameters(self, msg: Message) -> tuple[float, float, int]:
+    def _parameters(self, msg: Message) -> tuple[float, float, int, str]:
         config = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
+        clip_mode = config.get(CLIP_MODE_KEY, self.clip_mode)
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"'{CLIP_MODE_KEY}' must be one of {CLIP_MODES}, got {clip_mode!r}")
         z = config.get(NOISE_MULTIPLIER_KEY, self.noise_multiplier)
         clip = config.get(CLIP_NORM_KEY, self.clip_norm)
         n = config.get(NUM_CLIENTS_KEY, self.num_clients)
@@ -151,7 +151,7 @@ class DpPredictionsMod:
                 )
         if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 1:
             raise ValueError(f"'{NUM_CLIENTS_KEY}' must be a positive integer, got {n!r}")
-        return float(z), float(clip), int(n)
+        return float(z), float(clip), int(n), str(clip_mode)
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Run the app, then privatize the predictions of a ``TRAIN`` reply.
@@ -174,7 +174,7 @@ class DpPredictionsMod:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         try:
-            z, clip, n = self._parameters(msg)
+            z, clip, n, clip_mode = self._parameters(msg)
         except ValueError as err:
             return _error_reply(msg, str(err))
         reply = call_next(msg, context)
@@ -192,8 +192,8 @@ class DpPredictionsMod:
             return _error_reply(
                 msg, f"DpPredictionsMod needs finite floating logits of shape "
                 f"(samples, classes); got dtype {logits.dtype}, shape {logits.shape}")
-        bound = payload_norm_bound(clip, self.clip_mode, logits.shape[0])
-        clipped = clip_payload(softmax(logits), clip, self.clip_mode)
+        bound = payload_norm_bound(clip, clip_mode, logits.shape[0])
+        clipped = clip_payload(softmax(logits), clip, clip_mode)
         rng = self.rng if self.rng is not None else np.random.default_rng()
         noisy = add_noise_share(clipped, z, bound, n, rng)
         if self.encoding == "log-probabilities":
@@ -207,10 +207,10 @@ class DpPredictionsMod:
         reply.content[REPLY_KEY] = arrays_to_record(arrays)
         reply.content[DP_RECORD_KEY] = ConfigRecord({
             "encoding": self.encoding, "noise-std": std, "norm-bound": bound,
-            "noise-multiplier": z, "num-clients": n, "clip-mode": self.clip_mode,
+            "noise-multiplier": z, "num-clients": n, "clip-mode": clip_mode,
         })
         log(INFO, "DpPredictionsMod: %s predictions clipped to L2 %.4g (%s), noise std %.4g",
-            logits.shape, bound, self.clip_mode, std)
+            logits.shape, bound, clip_mode, std)
         return reply
 
 
@@ -220,6 +220,7 @@ def _error_reply(msg: Message, reason: str) -> Message:
 
 
 __all__ = [
+    "CLIP_MODE_KEY",
     "CLIP_NORM_KEY",
     "DP_RECORD_KEY",
     "ENCODINGS",

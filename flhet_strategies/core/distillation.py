@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .consensus import ConsensusConfig, logit_consensus
+from .dp.private_consensus import PrivateConsensus
 from .payload import ClientPayload, PayloadError, client_sort_key, validate_payload
 from .weighting import WeightFn, sample_count_weights
 
@@ -111,6 +112,9 @@ class AggregationOutcome:
         Normalised aggregation weight of each accepted client.
     bytes_up : int
         Array bytes received from the accepted and rejected payloads.
+    noise_multiplier : float or None
+        With differential privacy: the noise multiplier ``z`` the released consensus
+        really carries (for the accountant); ``None`` without.
     """
 
     consensus: np.ndarray | None
@@ -118,6 +122,7 @@ class AggregationOutcome:
     rejected: dict[str, str] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     bytes_up: int = 0
+    noise_multiplier: float | None = None
 
 
 class ConsensusDistillation:
@@ -142,6 +147,10 @@ class ConsensusDistillation:
         Proxy indices requested in every round on top of the random subset, e.g. the
         server's labeled validation slice, so that contribution estimates can score
         every round's predictions. They count towards ``proxy_per_round``.
+    privacy : PrivateConsensus, optional
+        Client-level differential privacy of the released consensus (DS-FL without
+        per-class votes only). Clients are then weighted equally and ``weight_fn``
+        is not called: a data-dependent weight would change the sensitivity.
     """
 
     def __init__(
@@ -153,6 +162,7 @@ class ConsensusDistillation:
         weight_fn: WeightFn = sample_count_weights,
         seed: int = 0,
         always_include: np.ndarray | None = None,
+        privacy: PrivateConsensus | None = None,
     ) -> None:
         if num_proxy < 1:
             raise ValueError(f"num_proxy must be at least 1, got {num_proxy}")
@@ -165,6 +175,9 @@ class ConsensusDistillation:
         self.proxy_per_round = min(int(proxy_per_round), self.num_proxy)
         self.consensus_config = consensus or ConsensusConfig()
         self.weight_fn = weight_fn
+        self.privacy = privacy
+        if privacy is not None:
+            privacy.check_consensus(self.consensus_config)
         self.seed = int(seed)
         fixed = np.unique(np.asarray([] if always_include is None else always_include, dtype=np.int64))
         if fixed.size and (fixed.min() < 0 or fixed.max() >= self.num_proxy):
@@ -217,7 +230,8 @@ class ConsensusDistillation:
         return valid, rejected
 
     def aggregate(
-        self, server_round: int, payloads: Sequence[ClientPayload]
+        self, server_round: int, payloads: Sequence[ClientPayload],
+        num_expected: int | None = None,
     ) -> AggregationOutcome:
         """Validate, weight and combine the round's payloads into a new consensus.
 
@@ -227,6 +241,9 @@ class ConsensusDistillation:
             The round the payloads answer.
         payloads : Sequence[ClientPayload]
             Untrusted client replies.
+        num_expected : int, optional
+            Clients sampled this round; with distributed DP, the cohort size the
+            clients split the noise for (default: the number of valid payloads).
 
         Returns
         -------
@@ -240,6 +257,9 @@ class ConsensusDistillation:
         if not valid:
             return AggregationOutcome(consensus=None, rejected=rejected, bytes_up=bytes_up)
         indices = self.proxy_indices(server_round)
+        if self.privacy is not None:
+            return self._aggregate_private(server_round, indices, valid, rejected, bytes_up,
+                                           num_expected)
         weights = np.asarray(self.weight_fn(valid, server_round, indices), dtype=np.float64)
         if weights.shape != (len(valid),) or np.any(weights < 0) or weights.sum() <= 0:
             raise ValueError(
@@ -261,6 +281,22 @@ class ConsensusDistillation:
             rejected=rejected,
             weights={p.client_id: float(w) for p, w in zip(valid, norm)},
             bytes_up=bytes_up,
+        )
+
+    def _aggregate_private(self, server_round: int, indices: np.ndarray,
+                           valid: list[ClientPayload], rejected: dict[str, str],
+                           bytes_up: int, num_expected: int | None) -> AggregationOutcome:
+        consensus, realized, keep = self.privacy.combine(
+            [p.logits for p in valid], self.consensus_config, server_round, num_expected)
+        self._consensus_indices = indices[keep]
+        self._consensus = consensus
+        return AggregationOutcome(
+            consensus=consensus,
+            accepted=[p.client_id for p in valid],
+            rejected=rejected,
+            weights={p.client_id: 1.0 / len(valid) for p in valid},
+            bytes_up=bytes_up,
+            noise_multiplier=realized,
         )
 
 

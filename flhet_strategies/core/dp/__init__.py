@@ -5,6 +5,8 @@
   add-or-remove-one and replace-one, derived for prediction payloads.
 * :mod:`.gaussian` -- central noise on the clipped sum, and distributed noise shares.
 * :mod:`.postprocess` -- noisy probability rows back onto the simplex.
+* :mod:`.private_consensus` -- the DP combine step of the DS-FL consensus (central or
+  distributed noise), used by ``ConsensusDistillation(privacy=...)``.
 
 Privacy accounting (epsilon, delta over rounds) lives in
 :mod:`flhet_strategies.privacy.accounting`, on Flower's ``RdpAccountant``.
@@ -26,6 +28,7 @@ from .gaussian import (
     realized_noise_multiplier,
 )
 from .postprocess import noisy_rows_to_probabilities
+from .private_consensus import DP_MODES, PrivateConsensus
 from .sensitivity import (
     ADD_OR_REMOVE_ONE,
     NEIGHBOURING_RELATIONS,
@@ -39,7 +42,9 @@ from .sensitivity import (
 __all__ = [
     "ADD_OR_REMOVE_ONE",
     "CLIP_MODES",
+    "DP_MODES",
     "NEIGHBOURING_RELATIONS",
+    "PrivateConsensus",
     "REPLACE_ONE",
     "accounting_noise_multiplier",
     "add_central_noise",
