@@ -173,7 +173,8 @@ def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path) -> KeyFiles:
 
 
 def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
-                   sample_count_weighting: bool = False, key_files: KeyFiles | None = None):
+                   sample_count_weighting: bool = False, key_files: KeyFiles | None = None,
+                   phase: str | None = None):
     """The server strategy for the config's API face (Message API or compat).
 
     With ``[contribution] enabled`` the strategy weights clients by
@@ -197,6 +198,9 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         With ``[paillier] enabled``: the dealt keys; the strategy is wrapped in
         :class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus` with the
         public key only.
+    phase : str, optional
+        Phase name instead of the default (``main``, ``local_only`` or
+        ``sample_count_weighting``), e.g. for a baseline sharing a federation.
 
     With ``[dp] enabled`` the strategy privatizes every consensus
     (:func:`dp_strategy_options`). The local-only baseline is built without DP or
@@ -206,10 +210,11 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     s = cfg.strategy
     if local_only:
         recipe = replace(cfg.recipe, kd_weight=0.0)
-        evaluate_every, phase = cfg.local_only_eval_every or cfg.num_rounds, LOCAL_ONLY_PHASE
+        evaluate_every = cfg.local_only_eval_every or cfg.num_rounds
+        phase = phase or LOCAL_ONLY_PHASE
     else:
         recipe, evaluate_every = cfg.recipe, cfg.simulation.eval_every
-        phase = SAMPLE_COUNT_PHASE if sample_count_weighting else "main"
+        phase = phase or (SAMPLE_COUNT_PHASE if sample_count_weighting else "main")
     common = dict(num_proxy=len(split.proxy_x), num_classes=split.num_classes,
                   proxy_per_round=s.proxy_per_round, consensus=s.consensus(), recipe=recipe,
                   seed=cfg.seed, evaluate_every=evaluate_every, phase=phase)

@@ -1,20 +1,19 @@
 """Run an experiment in Flower's simulation engine and write its results.
 
-:func:`run_experiment` runs the configured strategy and, in the same invocation, the
-local-only baseline (the same clients, models, seeds and private epochs, with the
-distillation weight set to zero so nobody learns from anybody), then writes
-``results.json``, ``report.md`` and ``accuracy.png`` to the output folder.
+:func:`run_experiment` runs every phase of the experiment
+(:func:`simulations.phases.experiment_phases`: the configured strategy, the local-only
+baseline -- the same clients, models, seeds and private epochs with the distillation
+weight set to zero, so nobody learns from anybody -- and the baselines its config asks
+for) in the same invocation, one Flower simulation each, then writes ``results.json``,
+``report.md`` and ``accuracy.png`` (and ``server_state.npz``) to the output folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
-
-import numpy as np
 
 from clients.learners.free_rider import FreeRiderLearner
 from clients.models.zoo import describe
@@ -26,13 +25,10 @@ from .experiment import (
     backend_config,
     build_split,
     build_strategy,
-    contribution_ledger,
-    dp_noise_multiplier,
-    inner_strategy,
     make_client_app,
     paillier_key_files,
-    without_privacy,
 )
+from .phases import MAIN_PHASE, experiment_phases, results_from_phases, save_server_state
 from .reporting import write_report, write_results_json
 
 HISTORY_KEYS = ("round", "client_accuracy_mean", "client_accuracy_std", "client_accuracy_min",
@@ -239,7 +235,7 @@ def assemble_results(cfg: ExperimentConfig, history: list[dict],
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
-    """Run the strategy and its local-only baseline; write results, report and plot.
+    """Run the experiment's phases; write results, report, plots and server state.
 
     Parameters
     ----------
@@ -260,104 +256,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
     log.info("data: %s clients, proxy %s, global test %s", len(split.clients),
              len(split.proxy_x), len(split.global_test))
     key_files = paillier_key_files(cfg, out) if cfg.paillier.enabled else None
-    plain = without_privacy(cfg)
     t0 = time.perf_counter()
-    strategy = simulate_strategy(cfg, key_files=key_files)
-    main_seconds = time.perf_counter() - t0
-    log.info("local-only baseline: same clients and epochs, kd_weight=0")
-    local_only = simulate(plain, local_only=True)
-    contribution = cfg.contribution
-    sample_count = None
-    if contribution.enabled and contribution.use_for_weights and contribution.sample_count_baseline:
-        log.info("sample-count baseline: same strategy with sample-count weights")
-        sample_count = simulate_strategy(cfg, sample_count_weighting=True)
-    baselines, sections = {}, {}
-    if cfg.dp.enabled:
-        sections["privacy"] = privacy_section(cfg, strategy)
-        if cfg.dp.no_dp_baseline:
-            log.info("no-DP baseline: the same configuration without differential privacy")
-            baselines["no_dp"] = simulate(plain)
-    if cfg.paillier.enabled:
-        plaintext, plain_seconds = None, None
-        if cfg.paillier.plaintext_baseline:
-            log.info("plaintext baseline: the same configuration without encryption")
-            t1 = time.perf_counter()
-            plaintext = simulate(plain)
-            plain_seconds = time.perf_counter() - t1
-            baselines["plaintext"] = plaintext
-        sections["paillier"] = paillier_section(key_files, strategy.history, main_seconds,
-                                                plaintext, plain_seconds)
-    results = assemble_results(
-        cfg, strategy.history, local_only, time.perf_counter() - t0,
-        contributions=_ledger_dict(strategy),
-        sample_count=None if sample_count is None else sample_count.history,
-        sample_count_contributions=None if sample_count is None else _ledger_dict(sample_count),
-        baselines=baselines, sections=sections,
-    )
-    save_server_state(strategy, out)
+    finished = {}
+    for phase in experiment_phases(cfg):
+        log.info("phase %s: %s", phase.name, phase.label)
+        started = time.perf_counter()
+        strategy = simulate_strategy(phase.cfg, strategy_factory=lambda p=phase: p.build(key_files),
+                                     key_files=key_files)
+        finished[phase.name] = (strategy, time.perf_counter() - started)
+    results = results_from_phases(cfg, finished, time.perf_counter() - t0, key_files)
+    save_server_state(finished[MAIN_PHASE][0], out)
     write_results_json(results, out)
     write_report(results, out)
     if "contributions" in results:
         write_contributions_png(results, out)
     return results
-
-
-def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
-    """``results.json`` ``privacy``: mechanism, noise, budget, epsilon spent, rounds run."""
-    budget = inner_strategy(strategy).budget
-    rounds = budget.history
-    return {
-        "mode": cfg.dp.mode, "noise_multiplier": dp_noise_multiplier(cfg),
-        "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode,
-        "min_margin": cfg.dp.min_margin,
-        "released_rows": [e.get("released_rows") for e in inner_strategy(strategy).history
-                          if "epsilon" in e],
-        "sampling": budget.sampling, "delta": budget.target_delta,
-        "target_epsilon": cfg.dp.target_epsilon, "max_epsilon": budget.max_epsilon,
-        "epsilon": budget.epsilon, "rounds_run": len(rounds),
-        "rounds_requested": cfg.num_rounds, "stopped_at": budget.stopped_at,
-        "accountant": "flwr.serverapp.RdpAccountant (client-level, add-or-remove-one "
-                      "for full participation, replace-one for fixed-size cohorts)",
-    }
-
-
-def _mean_round_seconds(history: list[dict]) -> float:
-    seconds = [e["seconds"] for e in history if e.get("seconds")]
-    return float(sum(seconds) / len(seconds)) if seconds else float("nan")
-
-
-def paillier_section(key_files, history: list[dict], seconds: float,
-                     plaintext: list[dict] | None, plaintext_seconds: float | None) -> dict:
-    """``results.json`` ``paillier``: key fingerprint, round time and traffic vs plaintext."""
-    section = {"public_key_fingerprint": key_files.fingerprint,
-               "round_seconds_mean": _mean_round_seconds(history),
-               "federation_seconds": seconds,
-               "bytes_up": sum(e.get("bytes_up", 0) for e in history)}
-    if plaintext is not None:
-        plain_bytes = sum(e.get("bytes_up", 0) for e in plaintext)
-        section.update(
-            plaintext_round_seconds_mean=_mean_round_seconds(plaintext),
-            plaintext_federation_seconds=plaintext_seconds,
-            round_time_ratio=section["round_seconds_mean"] / _mean_round_seconds(plaintext),
-            federation_time_ratio=seconds / plaintext_seconds,
-            bytes_up_ratio=section["bytes_up"] / plain_bytes if plain_bytes else None)
-    return section
-
-
-def save_server_state(strategy, out: Path) -> Path:
-    """Write the server's final state to ``out/server_state.npz``: the last consensus
-    (indices and soft targets; empty under Paillier, where the server never sees it)
-    and, with DP, the privacy ledger (``privacy_ledger.json``)."""
-    inner = inner_strategy(strategy)
-    indices, consensus = inner.server.protocol.consensus
-    path = out / "server_state.npz"
-    np.savez_compressed(path, consensus_indices=indices, consensus=consensus)
-    if inner.budget is not None:
-        (out / "privacy_ledger.json").write_text(
-            json.dumps(inner.budget.ledger.state_dict(), indent=1, default=str))
-    return path
-
-
-def _ledger_dict(strategy) -> dict | None:
-    ledger = contribution_ledger(strategy)
-    return None if ledger is None else ledger.to_dict()

@@ -42,10 +42,10 @@ from simulations.flower_app.client_app import client_from_context
 from flhet_strategies.consensus_server import PHASE_KEY
 from simulations.flower_app.server_app import (
     LOCAL_ONLY_PHASE,
-    phase_strategy,
     run_experiment_on_grid,
     wait_for_nodes,
 )
+from simulations.phases import experiment_phases
 from simulations.reporting import read_results_json
 
 TINY = "configs/digits_tiny.toml"
@@ -187,13 +187,26 @@ def test_client_factory_builds_the_partitions_client_from_the_run_config():
 
 def test_local_only_phase_is_a_separate_run_without_distillation():
     cfg = app_settings(_run_config(config=TINY, **{"num-rounds": 3})).experiment
-    main = phase_strategy(cfg).server.train_instructions(1, {})[1]
-    base = phase_strategy(cfg, local_only=True)
+    phases = experiment_phases(cfg)
+    assert [p.name for p in phases] == ["main", LOCAL_ONLY_PHASE]
+    main = phases[0].build().server.train_instructions(1, {})[1]
+    base = phases[1].build()
     config = base.server.train_instructions(1, {})[1]
     assert (main[PHASE_KEY], main["kd-weight"]) == ("main", 0.5)
     assert (config[PHASE_KEY], config["kd-weight"]) == (LOCAL_ONLY_PHASE, 0.0)
     assert config["local-epochs"] == main["local-epochs"]
     assert [r for r in (1, 2, 3) if base.server.should_evaluate(r)] == [3]
+
+
+def test_every_baseline_the_config_asks_for_is_a_phase_of_its_own():
+    cfg = app_settings(_run_config(config=TINY, overrides=(
+        "dp.enabled=True dp.noise_multiplier=1.0 strategy.class_vote_weighting=False"))).experiment
+    phases = {p.name: p for p in experiment_phases(cfg)}
+    assert list(phases) == ["main", LOCAL_ONLY_PHASE, "no_dp"]
+    assert phases["main"].build().budget is not None
+    no_dp = phases["no_dp"].build()
+    assert no_dp.budget is None
+    assert no_dp.server.train_instructions(1, {})[1][PHASE_KEY] == "no_dp"
 
 
 class _Nodes:

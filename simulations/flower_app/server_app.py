@@ -1,12 +1,12 @@
-"""ServerApp of the flhet Flower App: the experiment and its local-only baseline.
+"""ServerApp of the flhet Flower App: the experiment and its baselines on one grid.
 
-One federation hosts both runs: first the configured strategy, then (if the
-experiment asks for it) the local-only baseline, a second
-:class:`~flhet_strategies.message_api.FedConsensus` with ``kd_weight=0`` under its own
-phase name, so every client starts it from a fresh model with the same seed and
-trains the same private epochs without learning from anyone. Then the results are
-written exactly as ``flhet-sim`` writes them (``results.json``, ``report.md``,
-``accuracy.png``).
+One federation hosts every phase of the experiment
+(:func:`simulations.phases.experiment_phases`): first the configured strategy, then the
+local-only baseline (``kd_weight=0``) and whatever baselines the config asks for
+(sample-count weighting, no DP), each a strategy under its own phase name, so every
+client starts it from a fresh model with the same seed. Then the results are written
+exactly as ``flhet-sim`` writes them (``results.json``, ``report.md``, ``accuracy.png``,
+``contributions.png``, ``server_state.npz``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from flhet_strategies.message_api import FedConsensus
-from simulations.config import ConfigError, ExperimentConfig
-from simulations.experiment import LOCAL_ONLY_PHASE, build_split, build_strategy
+from simulations.config import ConfigError
+from simulations.contribution_report import write_contributions_png
+from simulations.experiment import LOCAL_ONLY_PHASE, build_split
+from simulations.phases import (
+    MAIN_PHASE,
+    Phase,
+    experiment_phases,
+    results_from_phases,
+    save_server_state,
+)
 from simulations.reporting import write_report, write_results_json
-from simulations.runner import assemble_results
 
 from . import AppSettings, app_settings
 
@@ -77,44 +83,24 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_SECONDS
     return nodes
 
 
-def phase_strategy(cfg: ExperimentConfig, local_only: bool = False) -> FedConsensus:
-    """The strategy of one phase: the experiment, or its local-only baseline.
-
-    Parameters
-    ----------
-    cfg : ExperimentConfig
-        The experiment (``api = "message"``).
-    local_only : bool (default: False)
-        Build the baseline: ``kd_weight=0``, phase ``LOCAL_ONLY_PHASE`` (fresh client
-        models), evaluated every ``cfg.local_only_eval_every`` rounds (default: only
-        after the last round).
-
-    Returns
-    -------
-    FedConsensus
-        The Message-API strategy.
-    """
-    return build_strategy(cfg, local_only)
-
-
-def run_phase(grid: Grid, cfg: ExperimentConfig, local_only: bool = False) -> list[dict]:
-    """Run one phase (see :func:`phase_strategy`) on ``grid``; return its history.
+def run_phase(grid: Grid, phase: Phase):
+    """Run one phase of the experiment on ``grid``; return its strategy.
 
     Raises
     ------
     RuntimeError
         If not a single round completed.
     """
-    strategy = phase_strategy(cfg, local_only)
-    strategy.start(grid=grid, num_rounds=cfg.num_rounds)
+    strategy = phase.build()
+    strategy.start(grid=grid, num_rounds=phase.cfg.num_rounds)
     if not strategy.history:
-        raise RuntimeError(f"the {'local-only' if local_only else 'main'} phase ended without "
-                           "a single completed round; see the log above")
-    return strategy.history
+        raise RuntimeError(f"phase {phase.name!r} ended without a single completed round; "
+                           "see the log above")
+    return strategy
 
 
 def run_experiment_on_grid(grid: Grid, settings: AppSettings) -> dict:
-    """Run the experiment and its baseline on ``grid``; write results, report and plot.
+    """Run the experiment's phases on ``grid``; write results, report and plot.
 
     Parameters
     ----------
@@ -137,12 +123,18 @@ def run_experiment_on_grid(grid: Grid, settings: AppSettings) -> dict:
         settings.config_path, len(split.clients), len(split.proxy_x), len(split.global_test))
     wait_for_nodes(grid, cfg.data.num_clients)
     start = time.perf_counter()
-    history = run_phase(grid, cfg)
-    log(INFO, "flhet: local-only baseline: same clients and epochs, kd_weight=0")
-    baseline = run_phase(grid, cfg, local_only=True)
-    results = assemble_results(cfg, history, baseline, time.perf_counter() - start)
+    finished = {}
+    for phase in experiment_phases(cfg):
+        log(INFO, "flhet: phase %s: %s", phase.name, phase.label)
+        began = time.perf_counter()
+        finished[phase.name] = (run_phase(grid, phase), time.perf_counter() - began)
+    results = results_from_phases(cfg, finished, time.perf_counter() - start)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    save_server_state(finished[MAIN_PHASE][0], settings.out_dir)
     write_results_json(results, settings.out_dir)
     write_report(results, settings.out_dir)
+    if "contributions" in results:
+        write_contributions_png(results, settings.out_dir)
     log(INFO, "flhet: results written to %s", settings.out_dir)
     return results
 
@@ -156,5 +148,5 @@ def main(grid: Grid, context: Context) -> None:
     run_experiment_on_grid(grid, app_settings(context.run_config))
 
 
-__all__ = ["LOCAL_ONLY_PHASE", "NODE_WAIT_SECONDS", "app", "phase_strategy",
-           "run_experiment_on_grid", "run_phase", "wait_for_nodes"]
+__all__ = ["LOCAL_ONLY_PHASE", "NODE_WAIT_SECONDS", "app", "run_experiment_on_grid",
+           "run_phase", "wait_for_nodes"]

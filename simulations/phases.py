@@ -1,0 +1,194 @@
+"""The runs an experiment consists of, and its results from the finished runs.
+
+An experiment is the configured strategy plus the baselines its config asks for, each a
+*phase* with its own name (sent as ``flhet-phase``, so clients keep one model per
+phase and one federation can host them all):
+
+========================== ==================================================== =====================
+phase                      what runs                                            in ``results.json``
+========================== ==================================================== =====================
+``main``                   the configured strategy                              ``history``, ``final``
+``local_only``             same clients and epochs, ``kd_weight = 0``, no DP    ``baselines.local_only``
+``sample_count_weighting`` ``[contribution]`` run with sample-count weights     ``baselines.sample_count_weighting``
+``no_dp``                  ``[dp]`` run without DP                              ``baselines.no_dp``
+``plaintext``              ``[paillier]`` run without encryption                ``baselines.plaintext``
+========================== ==================================================== =====================
+
+:func:`experiment_phases` lists them; :func:`results_from_phases` turns the finished
+strategies into the ``results.json`` content. Both ways of running an experiment use
+them: ``flhet-sim`` (one Flower simulation per phase, :mod:`simulations.runner`) and the
+Flower App (all phases on one grid, :mod:`simulations.flower_app.server_app`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ExperimentConfig
+from .experiment import (
+    LOCAL_ONLY_PHASE,
+    SAMPLE_COUNT_PHASE,
+    build_strategy,
+    contribution_ledger,
+    dp_noise_multiplier,
+    inner_strategy,
+    without_privacy,
+)
+
+MAIN_PHASE = "main"
+NO_DP_PHASE = "no_dp"
+PLAINTEXT_PHASE = "plaintext"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One run of an experiment.
+
+    Parameters
+    ----------
+    name : str
+        Phase name (also the ``baselines`` key of a baseline).
+    cfg : ExperimentConfig
+        The configuration it runs (baselines of private runs: without privacy).
+    local_only : bool
+        The local-only baseline.
+    sample_count_weighting : bool
+        The sample-count baseline of a contribution-weighted run.
+    """
+
+    name: str
+    cfg: ExperimentConfig
+    local_only: bool = False
+    sample_count_weighting: bool = False
+
+    def build(self, key_files=None):
+        """The phase's strategy (:func:`~simulations.experiment.build_strategy`)."""
+        return build_strategy(self.cfg, self.local_only, self.sample_count_weighting,
+                              key_files, phase=self.name)
+
+    @property
+    def label(self) -> str:
+        """Log line naming the phase."""
+        return {MAIN_PHASE: "the configured strategy",
+                LOCAL_ONLY_PHASE: "local-only baseline: same clients and epochs, kd_weight=0",
+                SAMPLE_COUNT_PHASE: "sample-count baseline: same strategy, sample-count weights",
+                NO_DP_PHASE: "no-DP baseline: the same configuration without DP",
+                PLAINTEXT_PHASE: "plaintext baseline: the same configuration without encryption",
+                }[self.name]
+
+
+def experiment_phases(cfg: ExperimentConfig) -> list[Phase]:
+    """The phases ``cfg`` asks for, main run first (see the module table)."""
+    plain = without_privacy(cfg)
+    phases = [Phase(MAIN_PHASE, cfg), Phase(LOCAL_ONLY_PHASE, plain, local_only=True)]
+    c = cfg.contribution
+    if c.enabled and c.use_for_weights and c.sample_count_baseline:
+        phases.append(Phase(SAMPLE_COUNT_PHASE, cfg, sample_count_weighting=True))
+    if cfg.dp.enabled and cfg.dp.no_dp_baseline:
+        phases.append(Phase(NO_DP_PHASE, plain))
+    if cfg.paillier.enabled and cfg.paillier.plaintext_baseline:
+        phases.append(Phase(PLAINTEXT_PHASE, plain))
+    return phases
+
+
+def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object, float]],
+                        wall_seconds: float, key_files=None) -> dict:
+    """``results.json`` content from the finished phases.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment.
+    finished : dict[str, tuple[strategy, float]]
+        Phase name -> (strategy after its run, seconds the phase took).
+    wall_seconds : float
+        Wall-clock seconds of all phases.
+    key_files : KeyFiles, optional
+        The Paillier keys of a ``[paillier]`` run.
+    """
+    from .runner import assemble_results  # the runner imports this module
+
+    main, main_seconds = finished[MAIN_PHASE]
+    sample = finished.get(SAMPLE_COUNT_PHASE, (None, 0.0))[0]
+    baselines = {name: finished[name][0].history for name in (NO_DP_PHASE, PLAINTEXT_PHASE)
+                 if name in finished}
+    sections = {}
+    if cfg.dp.enabled:
+        sections["privacy"] = privacy_section(cfg, main)
+    if cfg.paillier.enabled:
+        plain, plain_seconds = finished.get(PLAINTEXT_PHASE, (None, None))
+        sections["paillier"] = paillier_section(
+            key_files, main.history, main_seconds,
+            None if plain is None else plain.history, plain_seconds)
+    local = finished.get(LOCAL_ONLY_PHASE, (None, 0.0))[0]
+    return assemble_results(
+        cfg, main.history, None if local is None else local.history, wall_seconds,
+        contributions=_ledger_dict(main),
+        sample_count=None if sample is None else sample.history,
+        sample_count_contributions=None if sample is None else _ledger_dict(sample),
+        baselines=baselines, sections=sections,
+    )
+
+
+def _ledger_dict(strategy) -> dict | None:
+    ledger = contribution_ledger(strategy)
+    return None if ledger is None else ledger.to_dict()
+
+
+def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
+    """``results.json`` ``privacy``: mechanism, noise, budget, epsilon spent, rounds run."""
+    inner = inner_strategy(strategy)
+    budget = inner.budget
+    return {
+        "mode": cfg.dp.mode, "noise_multiplier": dp_noise_multiplier(cfg),
+        "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode,
+        "min_margin": cfg.dp.min_margin,
+        "released_rows": [e.get("released_rows") for e in inner.history if "epsilon" in e],
+        "sampling": budget.sampling, "delta": budget.target_delta,
+        "target_epsilon": cfg.dp.target_epsilon, "max_epsilon": budget.max_epsilon,
+        "epsilon": budget.epsilon, "rounds_run": len(budget.history),
+        "rounds_requested": cfg.num_rounds, "stopped_at": budget.stopped_at,
+        "accountant": "flwr.serverapp.RdpAccountant (client-level, add-or-remove-one "
+                      "for full participation, replace-one for fixed-size cohorts)",
+    }
+
+
+def _mean_round_seconds(history: list[dict]) -> float:
+    seconds = [e["seconds"] for e in history if e.get("seconds")]
+    return float(sum(seconds) / len(seconds)) if seconds else float("nan")
+
+
+def paillier_section(key_files, history: list[dict], seconds: float,
+                     plaintext: list[dict] | None, plaintext_seconds: float | None) -> dict:
+    """``results.json`` ``paillier``: key fingerprint, round time and traffic vs plaintext."""
+    section = {"public_key_fingerprint": key_files.fingerprint,
+               "round_seconds_mean": _mean_round_seconds(history),
+               "federation_seconds": seconds,
+               "bytes_up": sum(e.get("bytes_up", 0) for e in history)}
+    if plaintext is not None:
+        plain_bytes = sum(e.get("bytes_up", 0) for e in plaintext)
+        section.update(
+            plaintext_round_seconds_mean=_mean_round_seconds(plaintext),
+            plaintext_federation_seconds=plaintext_seconds,
+            round_time_ratio=section["round_seconds_mean"] / _mean_round_seconds(plaintext),
+            federation_time_ratio=seconds / plaintext_seconds,
+            bytes_up_ratio=section["bytes_up"] / plain_bytes if plain_bytes else None)
+    return section
+
+
+def save_server_state(strategy, out: Path) -> Path:
+    """Write the server's final state to ``out/server_state.npz``: the last consensus
+    (indices and soft targets; empty under Paillier, where the server never sees it)
+    and, with DP, the privacy ledger (``privacy_ledger.json``)."""
+    inner = inner_strategy(strategy)
+    indices, consensus = inner.server.protocol.consensus
+    path = out / "server_state.npz"
+    np.savez_compressed(path, consensus_indices=indices, consensus=consensus)
+    if inner.budget is not None:
+        (out / "privacy_ledger.json").write_text(
+            json.dumps(inner.budget.ledger.state_dict(), indent=1, default=str))
+    return path
