@@ -168,6 +168,41 @@ class ContributionConfig:
             raise ValueError(f'metric must be "accuracy" or "neg_log_loss", got {self.metric!r}')
 
 
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Adaptive aggregation from the rate of change of each client's predictions.
+
+    See :class:`flhet_strategies.core.adaptive_weighting.AdaptiveWeighting` (test-retest
+    reliability of a client's predictions across rounds scales its weight) for
+    ``smoothing``, ``power`` and ``min_factor``; it wraps the strategy's weights
+    (sample counts, or contributions with ``[contribution]``).
+
+    Parameters
+    ----------
+    enabled : bool
+        Adapt the weights.
+    smoothing, power, min_factor : float
+        The rule's parameters.
+    unadapted_baseline : bool
+        Also run the same configuration without adaptation in the same invocation
+        (``baselines.unadapted``) and report rounds to the target accuracy of both
+        (``results.json`` ``adaptive``).
+    target_fraction : float
+        The target: this share of the unadapted run's final global accuracy.
+    """
+
+    enabled: bool = False
+    smoothing: float = 0.5
+    power: float = 1.0
+    min_factor: float = 0.0
+    unadapted_baseline: bool = True
+    target_fraction: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_fraction <= 1.0:
+            raise ValueError(f"target_fraction must lie in (0, 1], got {self.target_fraction}")
+
+
 DP_MODES = ("central", "distributed")
 
 
@@ -335,7 +370,7 @@ class ExperimentConfig:
         (compat strategy + ``NumPyClient``).
     local_only_eval_every : int, optional
         Evaluation period of the local-only baseline (default: after the last round).
-    data, strategy, recipe, simulation, contribution, dp, paillier
+    data, strategy, recipe, simulation, contribution, adaptive, dp, paillier
         The sections of the same names.
     clients : tuple[ClientGroup, ...]
         Client groups, in client-id order; their counts add up to ``data.num_clients``.
@@ -351,6 +386,7 @@ class ExperimentConfig:
     recipe: DistillationRecipe = field(default_factory=DistillationRecipe)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     contribution: ContributionConfig = field(default_factory=ContributionConfig)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     dp: DpConfig = field(default_factory=DpConfig)
     paillier: PaillierConfig = field(default_factory=PaillierConfig)
     clients: tuple[ClientGroup, ...] = ()
@@ -400,6 +436,10 @@ class ExperimentConfig:
         if not (self.dp.enabled or self.paillier.enabled):
             return
         what = "[dp]" if self.dp.enabled else "[paillier]"
+        if self.adaptive.enabled:
+            raise ConfigError(f"{what} cannot be combined with [adaptive]: the private "
+                              "consensus weights clients equally (DP) or by public counts "
+                              "(Paillier), not by their plaintext predictions")
         if self.contribution.enabled:
             raise ConfigError(f"{what} cannot be combined with [contribution]: Shapley values "
                               "need every client's plaintext predictions")
@@ -440,7 +480,7 @@ class ExperimentConfig:
 
 _SECTIONS = {"data": DataConfig, "strategy": StrategyConfig, "recipe": DistillationRecipe,
              "simulation": SimulationConfig, "contribution": ContributionConfig,
-             "dp": DpConfig, "paillier": PaillierConfig}
+             "adaptive": AdaptiveConfig, "dp": DpConfig, "paillier": PaillierConfig}
 
 
 def _build(cls: type, raw: dict, where: str):

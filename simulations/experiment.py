@@ -35,9 +35,11 @@ from flhet_strategies.core.secure_sum.key_files import (
     load_public_key,
 )
 from flhet_strategies.core.secure_sum.keys import key_fingerprint
+from flhet_strategies.core.weighting import sample_count_weights
 from flhet_strategies.privacy.accounting import noise_multiplier_for_epsilon
 from flhet_strategies.privacy.round_budget import RoundBudget, sampling_for_fraction
 from flhet_strategies.secure_consensus_strategy import SecureConsensus
+from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
 from flhet_strategies.core.contribution.ledger import ContributionLedger
 from flhet_strategies.core.contribution.weighting import ContributionWeighting
 from flhet_strategies.message_api import FedConsensus
@@ -125,6 +127,11 @@ def build_contribution_weighting(cfg: ExperimentConfig, audit_only: bool = False
 def without_privacy(cfg: ExperimentConfig) -> ExperimentConfig:
     """The same experiment with ``[dp]`` and ``[paillier]`` switched off (its baselines)."""
     return cfg.with_overrides(**{"dp.enabled": False, "paillier.enabled": False})
+
+
+def without_adaptation(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same experiment with ``[adaptive]`` switched off (its unadapted baseline)."""
+    return cfg.with_overrides(**{"adaptive.enabled": False})
 
 
 def dp_noise_multiplier(cfg: ExperimentConfig) -> float | None:
@@ -221,6 +228,11 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     if cfg.contribution.enabled and not local_only:
         common.update(weight_fn=build_contribution_weighting(cfg, sample_count_weighting),
                       always_include=split.proxy_validation_indices)
+    if cfg.adaptive.enabled and not local_only:
+        a = cfg.adaptive
+        common["weight_fn"] = AdaptiveWeighting(
+            common.get("weight_fn", sample_count_weights), smoothing=a.smoothing,
+            power=a.power, min_factor=a.min_factor, temperature=s.temperature)
     if not local_only:
         common.update(dp_strategy_options(cfg))
     if cfg.api == "message":
@@ -241,6 +253,8 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
 def contribution_ledger(strategy) -> ContributionLedger | None:
     """The contribution ledger of a strategy built by :func:`build_strategy`, if it keeps one."""
     weight_fn = inner_strategy(strategy).server.protocol.weight_fn
+    while isinstance(weight_fn, AdaptiveWeighting):
+        weight_fn = weight_fn.inner
     return weight_fn.ledger if isinstance(weight_fn, ContributionWeighting) else None
 
 

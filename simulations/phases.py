@@ -12,6 +12,7 @@ phase                      what runs                                            
 ``sample_count_weighting`` ``[contribution]`` run with sample-count weights     ``baselines.sample_count_weighting``
 ``no_dp``                  ``[dp]`` run without DP                              ``baselines.no_dp``
 ``plaintext``              ``[paillier]`` run without encryption                ``baselines.plaintext``
+``unadapted``              ``[adaptive]`` run without adaptation                ``baselines.unadapted``
 ========================== ==================================================== =====================
 
 :func:`experiment_phases` lists them; :func:`results_from_phases` turns the finished
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ExperimentConfig
+from .convergence import accuracy_series, compare
 from .experiment import (
     LOCAL_ONLY_PHASE,
     SAMPLE_COUNT_PHASE,
@@ -36,12 +38,16 @@ from .experiment import (
     contribution_ledger,
     dp_noise_multiplier,
     inner_strategy,
+    without_adaptation,
     without_privacy,
 )
 
 MAIN_PHASE = "main"
 NO_DP_PHASE = "no_dp"
 PLAINTEXT_PHASE = "plaintext"
+UNADAPTED_PHASE = "unadapted"
+BASELINE_PHASES = (NO_DP_PHASE, PLAINTEXT_PHASE, UNADAPTED_PHASE)
+"""Baselines reported as ``baselines.<phase>`` with ``gain_points``."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Phase:
                 SAMPLE_COUNT_PHASE: "sample-count baseline: same strategy, sample-count weights",
                 NO_DP_PHASE: "no-DP baseline: the same configuration without DP",
                 PLAINTEXT_PHASE: "plaintext baseline: the same configuration without encryption",
+                UNADAPTED_PHASE: "unadapted baseline: the same configuration, fixed weights",
                 }[self.name]
 
 
@@ -92,6 +99,8 @@ def experiment_phases(cfg: ExperimentConfig) -> list[Phase]:
         phases.append(Phase(NO_DP_PHASE, plain))
     if cfg.paillier.enabled and cfg.paillier.plaintext_baseline:
         phases.append(Phase(PLAINTEXT_PHASE, plain))
+    if cfg.adaptive.enabled and cfg.adaptive.unadapted_baseline:
+        phases.append(Phase(UNADAPTED_PHASE, without_adaptation(cfg)))
     return phases
 
 
@@ -114,7 +123,7 @@ def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object,
 
     main, main_seconds = finished[MAIN_PHASE]
     sample = finished.get(SAMPLE_COUNT_PHASE, (None, 0.0))[0]
-    baselines = {name: finished[name][0].history for name in (NO_DP_PHASE, PLAINTEXT_PHASE)
+    baselines = {name: finished[name][0].history for name in BASELINE_PHASES
                  if name in finished}
     sections = {}
     if cfg.dp.enabled:
@@ -124,6 +133,8 @@ def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object,
         sections["paillier"] = paillier_section(
             key_files, main.history, main_seconds,
             None if plain is None else plain.history, plain_seconds)
+    if UNADAPTED_PHASE in finished:
+        sections["adaptive"] = adaptive_section(cfg, main, finished[UNADAPTED_PHASE][0])
     local = finished.get(LOCAL_ONLY_PHASE, (None, 0.0))[0]
     return assemble_results(
         cfg, main.history, None if local is None else local.history, wall_seconds,
@@ -155,6 +166,21 @@ def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
         "accountant": "flwr.serverapp.RdpAccountant (client-level, add-or-remove-one "
                       "for full participation, replace-one for fixed-size cohorts)",
     }
+
+
+def adaptive_section(cfg: ExperimentConfig, adaptive, unadapted) -> dict:
+    """``results.json`` ``adaptive``: rounds to the target accuracy, adapted vs unadapted.
+
+    The target is ``adaptive.target_fraction`` of the unadapted run's final global
+    accuracy (:func:`simulations.convergence.compare`); also the mean accuracy over
+    rounds and the final aggregation factors of the rule.
+    """
+    comparison = compare(accuracy_series(unadapted.history), accuracy_series(adaptive.history),
+                         cfg.adaptive.target_fraction)
+    weight_fn = inner_strategy(adaptive).server.protocol.weight_fn
+    last = weight_fn.history[-1] if weight_fn.history else {}
+    return {**comparison, "target_fraction": cfg.adaptive.target_fraction,
+            "final_factors": last.get("factors", {})}
 
 
 def _mean_round_seconds(history: list[dict]) -> float:
