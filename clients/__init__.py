@@ -4,6 +4,7 @@
 - :class:`TorchLearner`, :class:`SklearnLearner` -- adapters for PyTorch and
   scikit-learn models (implement :class:`Learner` for anything else).
 - :class:`DistillationNumPyClient` -- compat-API ``NumPyClient`` shell.
+- :class:`PaillierNumPyClient` -- wraps any ``NumPyClient`` for secure (Paillier) FedAvg.
 - :func:`distillation_client_app` -- Message-API ``ClientApp`` shell.
 """
 
@@ -17,6 +18,7 @@ _EXPORTS = {
     "Learner": "clients.learners.base",
     "DistillTarget": "clients.learners.base",
     "DistillationNumPyClient": "clients.numpy_client",
+    "PaillierNumPyClient": "clients.paillier_numpy_client",
     "distillation_client_app": "clients.client_app",
 }
 

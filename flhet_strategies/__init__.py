@@ -8,6 +8,9 @@ Public API (imported lazily, so ``flhet_strategies.core`` stays free of Flower):
   Paillier ciphertexts (clients run ``clients.mods.PaillierConsensusMod``).
 - :class:`ConsensusConfig` -- the consensus rule; :class:`DistillationRecipe` -- the
   client recipe sent each round.
+- :class:`SecureFedAvg` / :class:`SecureFedAvgCompat` -- wrap Flower's FedAvg (Message API /
+  compat) so that the server only multiplies Paillier ciphertexts of the clients' weights
+  (clients run ``clients.mods.PaillierFedAvgMod`` / ``clients.PaillierNumPyClient``).
 - :class:`DpFedAvg` / :class:`DpFedAvgCompat` -- Flower's fixed-clipping DP wrappers
   around FedAvg (Message API / compat) with per-round epsilon and an epsilon budget;
   :class:`RoundBudget` -- the API-neutral budget they share.
@@ -20,6 +23,8 @@ _EXPORTS = {
     "FedConsensus": "flhet_strategies.message_api",
     "FedConsensusCompat": "flhet_strategies.compat_api",
     "SecureConsensus": "flhet_strategies.secure_consensus_strategy",
+    "SecureFedAvg": "flhet_strategies.secure_fedavg",
+    "SecureFedAvgCompat": "flhet_strategies.secure_fedavg_compat",
     "ContributionWeightedFedAvg": "flhet_strategies.contribution_fedavg",
     "ContributionWeightedFedAvgCompat": "flhet_strategies.contribution_fedavg_compat",
     "DpFedAvg": "flhet_strategies.dp_fedavg",

@@ -4,9 +4,12 @@
   payloads (local or distributed differential privacy).
 - :class:`~clients.mods.paillier_consensus.PaillierConsensusMod` -- Paillier-encrypted
   prediction shares; decrypts the consensus the server relays (secure consensus).
+- :class:`~clients.mods.paillier_fedavg.PaillierFedAvgMod` -- Paillier-encrypted model
+  weights for FedAvg; decrypts the global model the server relays (secure FedAvg).
 """
 
 from .dp_predictions import DpPredictionsMod
 from .paillier_consensus import PaillierConsensusMod
+from .paillier_fedavg import PaillierFedAvgMod
 
-__all__ = ["DpPredictionsMod", "PaillierConsensusMod"]
+__all__ = ["DpPredictionsMod", "PaillierConsensusMod", "PaillierFedAvgMod"]

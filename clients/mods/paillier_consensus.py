@@ -61,14 +61,12 @@ import numpy as np
 from flwr.app import (
     ConfigRecord,
     Context,
-    Error,
     Message,
     MessageType,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
 from flhet_strategies.consensus_server import PHASE_KEY
@@ -91,18 +89,22 @@ from flhet_strategies.core.secure_sum import (
     RandomnessPool,
     SecureSumCodec,
     SecureSumError,
-    ShortExponentObfuscators,
-    load_key_holder,
 )
+from flhet_strategies.core.secure_sum.client_cache import (
+    cached_key_holder,
+    check_key_fingerprint,
+    clear_client_caches,
+    shared_randomness_pool,
+)
+from flhet_strategies.core.secure_sum.client_cache import top_up as _top_up
 from flhet_strategies.core.secure_sum.encrypt import available_cores
 from flhet_strategies.message_api import CONFIG_KEY, METRICS_KEY, PLAN_KEY, REPLY_KEY
 from flhet_strategies.records import arrays_to_record, record_to_arrays
 
+from .error_reply import error_reply as _error_reply
+
 KEY_PATH_NODE_CONFIG = "paillier-key-path"
 """Node-config key naming the private key file, when the mod is not given ``key_path``."""
-
-_KEY_HOLDERS: dict[str, tuple[float, KeyHolder]] = {}
-_POOLS: dict[tuple[bytes, bool, int], RandomnessPool] = {}
 
 
 class PaillierConsensusMod:
@@ -246,26 +248,13 @@ class PaillierConsensusMod:
             raise ValueError(
                 "no Paillier private key: give PaillierConsensusMod a key_path or set the "
                 f"node config (or run config) '{self.node_config_key}'")
-        resolved = str(Path(str(path)).resolve())
-        mtime = Path(resolved).stat().st_mtime if Path(resolved).exists() else -1.0
-        cached = _KEY_HOLDERS.get(resolved)
-        if cached is None or cached[0] != mtime:
-            cached = (mtime, load_key_holder(resolved))
-            _KEY_HOLDERS[resolved] = cached
-        return cached[1]
+        return cached_key_holder(path)
 
     def _decrypt_workers(self) -> int:
         return self.decrypt_workers or available_cores()
 
     def _pool(self, holder: KeyHolder) -> RandomnessPool:
-        key = (holder.fingerprint, self.short_exponent, self.workers)
-        pool = _POOLS.get(key)
-        if pool is None:
-            source = ShortExponentObfuscators(holder.public_key) if self.short_exponent else None
-            pool = RandomnessPool(holder.public_key, workers=self.workers, source=source,
-                                  background="thread")
-            _POOLS[key] = pool
-        return pool
+        return shared_randomness_pool(holder, self.short_exponent, self.workers)
 
     # ------------------------------------------------------------------ the two halves
 
@@ -359,10 +348,7 @@ class PaillierConsensusMod:
 
 
 def _check_key(spec: SecureConsensusSpec, holder: KeyHolder) -> None:
-    if spec.key_fingerprint != holder.fingerprint.hex():
-        raise ValueError(
-            f"the server asks for key {spec.key_fingerprint or '<none>'}, this client holds "
-            f"key {holder.fingerprint.hex()}")
+    check_key_fingerprint(spec.key_fingerprint, holder)
 
 
 def _decrypt_consensus(encrypted: np.ndarray, indices: np.ndarray, holder: KeyHolder,
@@ -376,21 +362,7 @@ def _decrypt_consensus(encrypted: np.ndarray, indices: np.ndarray, holder: KeyHo
 
 def clear_caches() -> None:
     """Forget cached keys and stop the randomness threads of this process."""
-    for pool in _POOLS.values():
-        pool.close()
-    _POOLS.clear()
-    _KEY_HOLDERS.clear()
-
-
-def _top_up(pool: RandomnessPool, needed: int) -> None:
-    """Start computing obfuscators in the background unless enough are ready or on the way."""
-    if pool.pending == 0 and pool.available < needed:
-        pool.fill(needed - pool.available, block=False)
-
-
-def _error_reply(msg: Message, reason: str) -> Message:
-    log(ERROR, reason)
-    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+    clear_client_caches()
 
 
 __all__ = ["KEY_PATH_NODE_CONFIG", "PaillierConsensusMod", "clear_caches"]

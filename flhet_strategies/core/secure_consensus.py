@@ -68,6 +68,9 @@ import numpy as np
 
 from .consensus import ConsensusConfig, entropy_reduction, softmax
 from .secure_sum.layout import SecureSumLayout
+from .secure_sum.integers import check_int as _check_int
+from .secure_sum.integers import integer_layout
+from .secure_sum.integers import round_half_up as _round_half_up
 
 SECURE_WEIGHTINGS = ("sample_count", "uniform")
 """Client weights a secure consensus supports (computed by each client from its own data)."""
@@ -500,27 +503,6 @@ def consensus_from_bytes(data: bytes, num_samples: int, num_classes: int) -> np.
             not np.allclose(consensus.sum(axis=1), 1.0, atol=1e-3):
         raise ValueError("the consensus rows are not probability distributions")
     return consensus
-
-
-def integer_layout(num_values: int, max_summands: int, value_bits: int,
-                   plaintext_bits: int) -> SecureSumLayout:
-    """A :class:`.SecureSumLayout` whose quantization step is exactly 1 (integers as they are)."""
-    return SecureSumLayout(
-        num_values=num_values, max_summands=max_summands, value_min=0.0,
-        value_max=float((1 << value_bits) - 1), value_bits=value_bits,
-        plaintext_bits=plaintext_bits,
-    )
-
-
-def _round_half_up(values: np.ndarray, unit: int) -> np.ndarray:
-    return (values + unit // 2) // unit if unit > 1 else values
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
 
 
 __all__ = [

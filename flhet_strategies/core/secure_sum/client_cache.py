@@ -1,0 +1,135 @@
+"""Per-process caches of a secure-sum client: its private key and its randomness pool.
+
+A Ray actor (or a SuperNode's ClientApp process) serves many messages, and in
+simulation many nodes. Loading the key file and building a randomness pool once per
+process, then keeping the pool topped up between messages, keeps the Paillier cost off
+the critical path. The client mods of the secure consensus and of the secure FedAvg,
+and the compat ``NumPyClient`` wrapper, share these caches, so they share one pool per
+key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .encrypt import RandomnessPool
+from .key_files import load_key_holder
+from .keys import KeyHolder
+from .short_exponent import ShortExponentObfuscators
+
+_KEY_HOLDERS: dict[str, tuple[float, KeyHolder]] = {}
+_POOLS: dict[tuple[bytes, bool, int], RandomnessPool] = {}
+
+
+def cached_key_holder(path: str | Path) -> KeyHolder:
+    """The key holder of a private key file, loaded once per process (reloaded if it changed).
+
+    Parameters
+    ----------
+    path : str or Path
+        A key dealer's private key file (see :func:`.deal_keys`).
+
+    Raises
+    ------
+    FileNotFoundError, MalformedPayloadError, InsecureKeyError
+        As :func:`.load_key_holder`.
+    """
+    resolved = str(Path(str(path)).resolve())
+    mtime = Path(resolved).stat().st_mtime if Path(resolved).exists() else -1.0
+    cached = _KEY_HOLDERS.get(resolved)
+    if cached is None or cached[0] != mtime:
+        cached = (mtime, load_key_holder(resolved))
+        _KEY_HOLDERS[resolved] = cached
+    return cached[1]
+
+
+def resolve_key_holder(key_path: str | Path | None, node_config: Mapping,
+                       run_config: Mapping, config_key: str, owner: str) -> KeyHolder:
+    """The key holder of ``key_path``, else of the file the node (or run) config names.
+
+    Parameters
+    ----------
+    key_path : str or Path, optional
+        An explicit private key file.
+    node_config, run_config : Mapping
+        A Flower context's node config (a SuperNode's own ``--node-config``) and run
+        config, searched in that order for ``config_key``.
+    config_key : str
+        The config entry naming the key file, e.g. ``"paillier-key-path"``.
+    owner : str
+        Name of the caller, for the error message.
+
+    Raises
+    ------
+    ValueError
+        If no key file is named anywhere.
+    """
+    path = key_path or node_config.get(config_key) or run_config.get(config_key)
+    if not path:
+        raise ValueError(
+            f"no Paillier private key: give {owner} a key_path or set the node config (or "
+            f"run config) '{config_key}'")
+    return cached_key_holder(path)
+
+
+def shared_randomness_pool(holder: KeyHolder, short_exponent: bool, workers: int) -> RandomnessPool:
+    """This process's randomness pool for ``holder``'s key (made on first use).
+
+    Parameters
+    ----------
+    holder : KeyHolder
+        Whose public key the obfuscators are for.
+    short_exponent : bool
+        Damgard-Jurik-Nielsen short-exponent obfuscators (True) or ``r**n`` (False).
+    workers : int
+        Background threads computing obfuscators.
+    """
+    key = (holder.fingerprint, bool(short_exponent), int(workers))
+    pool = _POOLS.get(key)
+    if pool is None:
+        source = ShortExponentObfuscators(holder.public_key) if short_exponent else None
+        pool = RandomnessPool(holder.public_key, workers=workers, source=source,
+                              background="thread")
+        _POOLS[key] = pool
+    return pool
+
+
+def top_up(pool: RandomnessPool, needed: int) -> None:
+    """Start computing obfuscators in the background unless enough are ready or on the way."""
+    if pool.pending == 0 and pool.available < needed:
+        pool.fill(needed - pool.available, block=False)
+
+
+def check_key_fingerprint(expected_hex: str, holder: KeyHolder) -> None:
+    """Raise ``ValueError`` unless ``holder`` holds the key the server asks for.
+
+    Parameters
+    ----------
+    expected_hex : str
+        Hex fingerprint the server announced (empty if it announced none).
+    holder : KeyHolder
+        This client's key.
+    """
+    if expected_hex != holder.fingerprint.hex():
+        raise ValueError(
+            f"the server asks for key {expected_hex or '<none>'}, this client holds "
+            f"key {holder.fingerprint.hex()}")
+
+
+def clear_client_caches() -> None:
+    """Forget cached keys and stop the randomness threads of this process."""
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+    _KEY_HOLDERS.clear()
+
+
+__all__ = [
+    "cached_key_holder",
+    "check_key_fingerprint",
+    "clear_client_caches",
+    "resolve_key_holder",
+    "shared_randomness_pool",
+    "top_up",
+]
