@@ -241,6 +241,8 @@ class DpConfig:
     min_margin : float
         Release only consensus rows whose noisy top-1 beats the runner-up by this many
         noise standard deviations (post-processing, free); 0 releases (almost) all.
+    min_rows : int
+        Release nothing in a round where fewer rows pass ``min_margin``.
     no_dp_baseline : bool
         Also run the same configuration without DP in the same invocation:
         ``baselines.no_dp``.
@@ -255,6 +257,7 @@ class DpConfig:
     clip_norm: float = 1.0
     clip_mode: str = "per-row"
     min_margin: float = 2.0
+    min_rows: int = 10
     no_dp_baseline: bool = True
 
     def __post_init__(self) -> None:
@@ -272,6 +275,8 @@ class DpConfig:
             raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
         if not self.min_margin >= 0:
             raise ValueError(f"min_margin must be non-negative, got {self.min_margin}")
+        if self.min_rows < 0:
+            raise ValueError(f"min_rows must be non-negative, got {self.min_rows}")
         if self.clip_mode not in ("per-row", "flat"):
             raise ValueError(f'clip_mode must be "per-row" or "flat", got {self.clip_mode!r}')
 
@@ -286,7 +291,11 @@ class PaillierConfig:
     """Paillier secure sum of the consensus (the server adds ciphertexts only).
 
     See :class:`flhet_strategies.secure_consensus_strategy.SecureConsensus` and
-    :class:`clients.mods.paillier_consensus.PaillierConsensusMod`. Keys are dealt
+    :class:`clients.mods.paillier_consensus.PaillierConsensusMod` (``api = "message"``),
+    :class:`flhet_strategies.secure_consensus_compat.SecureConsensusCompat` and
+    :class:`clients.secure_consensus_numpy_client.SecureConsensusNumPyClient`
+    (``api = "compat"``; the delegated decryption rides along with the evaluation, and
+    a round after one without evaluation falls back to every client). Keys are dealt
     outside the server into ``key_dir``: the strategy loads the public key only.
 
     Parameters
@@ -448,8 +457,6 @@ class ExperimentConfig:
         if self.dp.enabled and self.strategy.class_vote_weighting:
             raise ConfigError("[dp] needs strategy.class_vote_weighting = false: per-class "
                               "vote weights use the clients' exact label histograms")
-        if self.paillier.enabled and self.api != "message":
-            raise ConfigError("[paillier] runs with api = \"message\" (client mods)")
         if self.dp.enabled and self.dp.mode == "distributed" and self.api != "message":
             raise ConfigError('[dp] mode = "distributed" runs with api = "message" (client mods)')
         if self.dp.enabled and self.paillier.enabled:

@@ -21,6 +21,7 @@ from clients.learners.torch_learner import TorchLearner
 from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
 from clients.numpy_client import DistillationNumPyClient
+from clients.secure_consensus_numpy_client import SecureConsensusNumPyClient
 from clients.state import client_id_from_context
 from clients.mods.dp_predictions import DpPredictionsMod
 from clients.mods.paillier_consensus import PaillierConsensusMod
@@ -38,6 +39,7 @@ from flhet_strategies.core.secure_sum.keys import key_fingerprint
 from flhet_strategies.core.weighting import sample_count_weights
 from flhet_strategies.privacy.accounting import noise_multiplier_for_epsilon
 from flhet_strategies.privacy.round_budget import RoundBudget, sampling_for_fraction
+from flhet_strategies.secure_consensus_compat import SecureConsensusCompat
 from flhet_strategies.secure_consensus_strategy import SecureConsensus
 from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
 from flhet_strategies.core.contribution.ledger import ContributionLedger
@@ -159,7 +161,8 @@ def dp_strategy_options(cfg: ExperimentConfig) -> dict:
     if not dp.enabled:
         return {}
     privacy = PrivateConsensus(dp_noise_multiplier(cfg), dp.clip_norm, dp.mode, dp.clip_mode,
-                               seed=cfg.seed, min_margin=dp.min_margin)
+                               seed=cfg.seed, min_margin=dp.min_margin,
+                               min_rows=dp.min_rows)
     budget = RoundBudget(cfg.data.num_clients, dp.delta, dp.budget,
                          fraction=cfg.strategy.fraction_train, non_negative_payloads=True)
     return {"privacy": privacy, "privacy_budget": budget}
@@ -203,8 +206,9 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         under phase ``sample_count_weighting`` (fresh client models).
     key_files : KeyFiles, optional
         With ``[paillier] enabled``: the dealt keys; the strategy is wrapped in
-        :class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus` with the
-        public key only.
+        :class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus` (Message
+        API) or :class:`~flhet_strategies.secure_consensus_compat.SecureConsensusCompat`
+        (compat) with the public key only.
     phase : str, optional
         Phase name instead of the default (``main``, ``local_only`` or
         ``sample_count_weighting``), e.g. for a baseline sharing a federation.
@@ -238,16 +242,17 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     if cfg.api == "message":
         strategy = FedConsensus(fraction_train=s.fraction_train, **common,
                                 min_available_nodes=cfg.data.num_clients)
-        if cfg.paillier.enabled and not local_only:
-            if key_files is None:
-                raise ValueError("[paillier] enabled: build_strategy needs the dealt key_files")
-            max_examples = cfg.paillier.max_examples or max(len(c.train) for c in split.clients)
-            strategy = SecureConsensus(strategy, load_public_key(key_files.public_path),
-                                       max_examples=max_examples,
-                                       decryption=cfg.paillier.decryption)
-        return strategy
-    return FedConsensusCompat(num_rounds=cfg.num_rounds, fraction_fit=s.fraction_train, **common,
-                              min_available_clients=cfg.data.num_clients)
+    else:
+        strategy = FedConsensusCompat(num_rounds=cfg.num_rounds, fraction_fit=s.fraction_train,
+                                      **common, min_available_clients=cfg.data.num_clients)
+    if cfg.paillier.enabled and not local_only:
+        if key_files is None:
+            raise ValueError("[paillier] enabled: build_strategy needs the dealt key_files")
+        max_examples = cfg.paillier.max_examples or max(len(c.train) for c in split.clients)
+        wrapper = SecureConsensus if cfg.api == "message" else SecureConsensusCompat
+        strategy = wrapper(strategy, load_public_key(key_files.public_path),
+                           max_examples=max_examples, decryption=cfg.paillier.decryption)
+    return strategy
 
 
 def contribution_ledger(strategy) -> ContributionLedger | None:
@@ -259,8 +264,9 @@ def contribution_ledger(strategy) -> ContributionLedger | None:
 
 
 def inner_strategy(strategy):
-    """The consensus strategy itself (inside a :class:`SecureConsensus` wrapper)."""
-    return strategy.strategy if isinstance(strategy, SecureConsensus) else strategy
+    """The consensus strategy itself (inside a secure wrapper, either face)."""
+    secure = (SecureConsensus, SecureConsensusCompat)
+    return strategy.strategy if isinstance(strategy, secure) else strategy
 
 
 def _client_for(cfg: ExperimentConfig, context: Context) -> DistillationClient:
@@ -293,9 +299,16 @@ def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
                                        mods=client_mods(cfg, key_files))
     from flwr.clientapp import ClientApp
 
+    if cfg.paillier.enabled and key_files is None:
+        raise ValueError("[paillier] enabled: the client app needs the dealt key_files")
+
     def client_fn(context: Context):
         client = _client_for(cfg, context)
-        return DistillationNumPyClient(client, client_id_from_context(context), context).to_client()
+        numpy_client = DistillationNumPyClient(client, client_id_from_context(context), context)
+        if cfg.paillier.enabled:   # compat face of the Paillier mod
+            numpy_client = SecureConsensusNumPyClient(numpy_client, key_files.private_path,
+                                                      workers=cfg.paillier.workers)
+        return numpy_client.to_client()
 
     return ClientApp(client_fn=client_fn)
 

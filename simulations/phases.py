@@ -157,7 +157,7 @@ def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
     return {
         "mode": cfg.dp.mode, "noise_multiplier": dp_noise_multiplier(cfg),
         "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode,
-        "min_margin": cfg.dp.min_margin,
+        "min_margin": cfg.dp.min_margin, "min_rows": cfg.dp.min_rows,
         "released_rows": [e.get("released_rows") for e in inner.history if "epsilon" in e],
         "sampling": budget.sampling, "delta": budget.target_delta,
         "target_epsilon": cfg.dp.target_epsilon, "max_epsilon": budget.max_epsilon,

@@ -57,11 +57,19 @@ def test_per_row_bound_grows_with_the_square_root_of_the_rows():
 
 
 def test_confident_rows_keep_clear_winners_and_drop_ties():
-    private = PrivateConsensus(noise_multiplier=1.0, min_margin=2.0)
+    private = PrivateConsensus(noise_multiplier=1.0, min_margin=2.0, min_rows=0)
     mean = np.array([[0.9, 0.1], [0.52, 0.48], [0.1, 0.9]])
     keep = private.confident_rows(mean, entry_std=0.1)  # threshold 2*sqrt(2)*0.1 = 0.283
     assert keep.tolist() == [True, False, True]
     assert not private.confident_rows(mean, entry_std=1.0).any()
+
+
+def test_too_few_confident_rows_release_nothing():
+    mean = np.array([[0.9, 0.1]] * 3 + [[0.5, 0.5]] * 17)
+    assert PrivateConsensus(1.0, min_rows=4).confident_rows(mean, 0.1).sum() == 0
+    assert PrivateConsensus(1.0, min_rows=3).confident_rows(mean, 0.1).sum() == 3
+    # Capped at the round's rows: a 2-row round may still release both.
+    assert PrivateConsensus(1.0, min_rows=10).confident_rows(mean[:2], 0.1).sum() == 2
 
 
 def test_distributed_mode_sums_shares_and_reports_dropouts():
