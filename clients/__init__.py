@@ -5,6 +5,8 @@
   scikit-learn models (implement :class:`Learner` for anything else).
 - :class:`DistillationNumPyClient` -- compat-API ``NumPyClient`` shell.
 - :class:`PaillierNumPyClient` -- wraps any ``NumPyClient`` for secure (Paillier) FedAvg.
+- :class:`SecureConsensusNumPyClient` -- wraps a :class:`DistillationNumPyClient` for the
+  Paillier secure consensus (compat face of ``clients.mods.PaillierConsensusMod``).
 - :func:`distillation_client_app` -- Message-API ``ClientApp`` shell.
 """
 
@@ -19,6 +21,7 @@ _EXPORTS = {
     "DistillTarget": "clients.learners.base",
     "DistillationNumPyClient": "clients.numpy_client",
     "PaillierNumPyClient": "clients.paillier_numpy_client",
+    "SecureConsensusNumPyClient": "clients.secure_consensus_numpy_client",
     "distillation_client_app": "clients.client_app",
 }
 

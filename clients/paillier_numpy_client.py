@@ -24,7 +24,6 @@ from flwr.common.logger import log
 
 from flhet_strategies.consensus_server import PHASE_KEY
 from flhet_strategies.core.secure_sum import KeyHolder
-from flhet_strategies.core.secure_sum.client_cache import resolve_key_holder
 from flhet_strategies.core.secure_sum.model_client import ModelSumClient
 from flhet_strategies.core.secure_sum.model_updates import (
     CLIPPED_METRIC,
@@ -33,10 +32,10 @@ from flhet_strategies.core.secure_sum.model_updates import (
     SecureModelSpec,
 )
 
-from .mods.paillier_consensus import KEY_PATH_NODE_CONFIG
+from .mods.paillier_base import KEY_PATH_NODE_CONFIG, PaillierClientSettings
 
 
-class PaillierNumPyClient(NumPyClient):
+class PaillierNumPyClient(PaillierClientSettings, NumPyClient):
     """Wrap a ``NumPyClient`` so that its weights leave it only Paillier-encrypted.
 
     Parameters
@@ -92,22 +91,11 @@ class PaillierNumPyClient(NumPyClient):
     ) -> None:
         if not isinstance(client, NumPyClient):
             raise TypeError(f"client must be a NumPyClient, got {type(client).__name__}")
-        if key_path is not None and key_holder is not None:
-            raise ValueError("give key_path or key_holder, not both")
-        if key_holder is not None and not isinstance(key_holder, KeyHolder):
-            raise TypeError(f"key_holder must be a KeyHolder, got {type(key_holder).__name__}")
-        if isinstance(plaintext_phases, str):
-            raise TypeError("plaintext_phases must be a collection of phase names, not a str")
+        self._init_paillier_settings(key_path, key_holder, node_config_key, workers,
+                                     decrypt_workers, short_exponent, require_secure,
+                                     plaintext_phases)
         self.client = client
-        self.key_path = None if key_path is None else str(key_path)
-        self.key_holder = key_holder
         self._context = context
-        self.node_config_key = node_config_key
-        self.workers = workers
-        self.decrypt_workers = decrypt_workers
-        self.short_exponent = bool(short_exponent)
-        self.require_secure = bool(require_secure)
-        self.plaintext_phases = frozenset(str(phase) for phase in plaintext_phases)
         self._model_client: ModelSumClient | None = None
 
     def __repr__(self) -> str:
@@ -116,11 +104,7 @@ class PaillierNumPyClient(NumPyClient):
     def model_client(self) -> ModelSumClient:
         """This client's :class:`.ModelSumClient` (the key is loaded on first use)."""
         if self._model_client is None:
-            context = self._context
-            holder = self.key_holder or resolve_key_holder(
-                self.key_path, context.node_config if context else {},
-                context.run_config if context else {}, self.node_config_key,
-                "PaillierNumPyClient")
+            holder = self.key_holder_for(self._context)
             self._model_client = ModelSumClient(
                 holder, workers=self.workers, decrypt_workers=self.decrypt_workers,
                 short_exponent=self.short_exponent)
@@ -152,7 +136,7 @@ class PaillierNumPyClient(NumPyClient):
         spec = self._spec(config)
         if spec is None:
             phase = str(config.get(PHASE_KEY, "main"))
-            if self.require_secure and phase not in self.plaintext_phases:
+            if not self.allows_plaintext(phase):
                 raise ValueError(
                     "PaillierNumPyClient: the server did not ask for a secure sum (no "
                     f"'{SPEC_CONFIG_KEY}' in the fit config); refusing to send plaintext "

@@ -5,7 +5,9 @@ Public API (imported lazily, so ``flhet_strategies.core`` stays free of Flower):
 - :class:`FedConsensus` -- logit-consensus distillation (FedMD / DS-FL), Message API.
 - :class:`FedConsensusCompat` -- the same for the compat API (``NumPyClient``).
 - :class:`SecureConsensus` -- wraps a :class:`FedConsensus` so that the server only adds
-  Paillier ciphertexts (clients run ``clients.mods.PaillierConsensusMod``).
+  Paillier ciphertexts (clients run ``clients.mods.PaillierConsensusMod``);
+  :class:`SecureConsensusCompat` -- the same around :class:`FedConsensusCompat` (clients
+  are wrapped in ``clients.SecureConsensusNumPyClient``).
 - :class:`ConsensusConfig` -- the consensus rule; :class:`DistillationRecipe` -- the
   client recipe sent each round.
 - :class:`SecureFedAvg` / :class:`SecureFedAvgCompat` -- wrap Flower's FedAvg (Message API /
@@ -23,6 +25,7 @@ _EXPORTS = {
     "FedConsensus": "flhet_strategies.message_api",
     "FedConsensusCompat": "flhet_strategies.compat_api",
     "SecureConsensus": "flhet_strategies.secure_consensus_strategy",
+    "SecureConsensusCompat": "flhet_strategies.secure_consensus_compat",
     "SecureFedAvg": "flhet_strategies.secure_fedavg",
     "SecureFedAvgCompat": "flhet_strategies.secure_fedavg_compat",
     "ContributionWeightedFedAvg": "flhet_strategies.contribution_fedavg",

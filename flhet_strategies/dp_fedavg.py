@@ -73,8 +73,8 @@ class DpBudgetSettings(PrivacyViews):
     A mixin, not a strategy: :class:`DpFedAvg` and
     :class:`~flhet_strategies.dp_fedavg_compat.DpFedAvgCompat` call
     ``_init_budget_settings`` (their parameters, plus the inner strategy's sampling
-    fraction used when ``fraction`` is None), then the ``_ensure_budget`` /
-    ``_record_release`` steps from their own hooks.
+    fraction used when ``fraction`` is None) and ``_wrap_inner`` (Flower's DP wrapper of
+    the face's API), then ``_admit_round`` / ``_record_release`` from their own hooks.
     """
 
     # pylint: disable=too-many-arguments
@@ -124,6 +124,31 @@ class DpBudgetSettings(PrivacyViews):
         RoundBudget(max(self.num_sampled_clients, population_size or 1), **self._budget_args)
         if population_size is not None:
             self.budget = self._new_budget(population_size)
+
+    def _wrap_inner(self, strategy: Any, server_side: type, client_side: type) -> None:
+        """Keep ``strategy`` and Flower's fixed-clipping wrapper around it.
+
+        ``server_side`` / ``client_side`` are the face's
+        ``DifferentialPrivacy{Server,Client}SideFixedClipping`` classes; ``clipping``
+        picks one.
+        """
+        self.strategy = strategy
+        wrapper = server_side if self.clipping == "server" else client_side
+        self.dp_strategy = wrapper(strategy, self.noise_multiplier, self.clipping_norm,
+                                   self.num_sampled_clients)
+        self._cohorts: dict[int, int] = {}
+
+    def _admit_round(self, server_round: int, cohort: int, num_connected: int) -> bool:
+        """Whether the budget allows a round of ``cohort`` clients (then it is remembered).
+
+        ``num_connected`` sizes the population if none was given.
+        """
+        budget = self._ensure_budget(num_connected)
+        self._check_cohort(server_round, cohort)
+        if not budget.allows(server_round, self.noise_multiplier, cohort):
+            return False
+        self._cohorts[server_round] = cohort
+        return True
 
     def _new_budget(self, population_size: int) -> RoundBudget:
         if population_size < self.num_sampled_clients:
@@ -255,11 +280,8 @@ class DpFedAvg(DpBudgetSettings, Strategy):
                 "MetricRecord key it weights its average by as weighted_by_key=."
             )
         self.weighted_by_key = key
-        self.strategy = strategy
-        wrapper = (DifferentialPrivacyServerSideFixedClipping if clipping == "server"
-                   else DifferentialPrivacyClientSideFixedClipping)
-        self.dp_strategy = wrapper(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
-        self._cohorts: dict[int, int] = {}
+        self._wrap_inner(strategy, DifferentialPrivacyServerSideFixedClipping,
+                         DifferentialPrivacyClientSideFixedClipping)
 
     def __repr__(self) -> str:
         """Name the wrapper, its clipping and its inner strategy."""
@@ -322,13 +344,9 @@ class DpFedAvg(DpBudgetSettings, Strategy):
         if self._stopped(server_round):
             return []
         messages = list(self.dp_strategy.configure_train(server_round, arrays, config, grid))
-        if not messages:
-            return messages
-        budget = self._ensure_budget(len(list(grid.get_node_ids())))
-        self._check_cohort(server_round, len(messages))
-        if not budget.allows(server_round, self.noise_multiplier, len(messages)):
+        if messages and not self._admit_round(server_round, len(messages),
+                                              len(list(grid.get_node_ids()))):
             return []
-        self._cohorts[server_round] = len(messages)
         return messages
 
     def aggregate_train(

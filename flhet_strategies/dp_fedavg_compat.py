@@ -113,11 +113,8 @@ class DpFedAvgCompat(DpBudgetSettings, Strategy):
             noise_multiplier, clipping_norm, num_sampled_clients, target_delta, max_epsilon,
             clipping, population_size, fraction, getattr(strategy, "fraction_fit", None),
         )
-        self.strategy = strategy
-        wrapper = (DifferentialPrivacyServerSideFixedClipping if clipping == "server"
-                   else DifferentialPrivacyClientSideFixedClipping)
-        self.dp_strategy = wrapper(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
-        self._cohorts: dict[int, int] = {}
+        self._wrap_inner(strategy, DifferentialPrivacyServerSideFixedClipping,
+                         DifferentialPrivacyClientSideFixedClipping)
 
     def __repr__(self) -> str:
         """Name the wrapper, its clipping and its inner strategy."""
@@ -134,13 +131,9 @@ class DpFedAvgCompat(DpBudgetSettings, Strategy):
         if self._stopped(server_round):
             return []
         instructions = self.dp_strategy.configure_fit(server_round, parameters, client_manager)
-        if not instructions:
-            return instructions
-        budget = self._ensure_budget(client_manager.num_available())
-        self._check_cohort(server_round, len(instructions))
-        if not budget.allows(server_round, self.noise_multiplier, len(instructions)):
+        if instructions and not self._admit_round(server_round, len(instructions),
+                                                  client_manager.num_available()):
             return []
-        self._cohorts[server_round] = len(instructions)
         return instructions
 
     def aggregate_fit(

@@ -189,17 +189,7 @@ class FedConsensus(PrivacyViews, Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate replies and form the new consensus; bad replies count as failures."""
-        results, failures = [], 0
-        for msg in replies:
-            if msg.has_error():
-                log(INFO, "round %s: node %s failed: %s", server_round,
-                    msg.metadata.src_node_id, msg.error.reason)
-                failures += 1
-                continue
-            metrics = dict(msg.content.metric_records.get(METRICS_KEY, MetricRecord()))
-            reply = msg.content.array_records.get(REPLY_KEY, ArrayRecord())
-            results.append(ClientResult(client_id_of(metrics, msg.metadata.src_node_id),
-                                        record_to_arrays(reply), metrics))
+        results, failures = client_results(server_round, replies)
         consensus, metrics = self.server.aggregate_train(server_round, results, failures)
         record = None if consensus is None else arrays_to_record(consensus)
         return record, MetricRecord(metrics)
@@ -228,4 +218,58 @@ class FedConsensus(PrivacyViews, Strategy):
         return MetricRecord(summary) if summary else None
 
 
-__all__ = ["FedConsensus", "PLAN_KEY", "REPLY_KEY"]
+def split_failed_replies(server_round: int, replies: Iterable[Message]
+                         ) -> tuple[list[Message], int]:
+    """The replies without an error, and how many had one (each logged).
+
+    Parameters
+    ----------
+    server_round : int
+        The round, for the log lines.
+    replies : Iterable[Message]
+        A round's replies.
+
+    Returns
+    -------
+    tuple[list[Message], int]
+        The successful replies, in order, and the number of failed ones.
+    """
+    successful, failures = [], 0
+    for msg in replies:
+        if msg.has_error():
+            log(INFO, "round %s: node %s failed: %s", server_round,
+                msg.metadata.src_node_id, msg.error.reason)
+            failures += 1
+        else:
+            successful.append(msg)
+    return successful, failures
+
+
+def client_results(server_round: int, replies: Iterable[Message]
+                   ) -> tuple[list[ClientResult], int]:
+    """The distillation replies of a round as :class:`ClientResult` s, and the failures.
+
+    Parameters
+    ----------
+    server_round : int
+        The round, for the log lines.
+    replies : Iterable[Message]
+        Replies carrying ``REPLY_KEY`` arrays and ``METRICS_KEY`` metrics.
+
+    Returns
+    -------
+    tuple[list[ClientResult], int]
+        One result per successful reply (its arrays and metrics, not yet validated),
+        and the number of failed replies.
+    """
+    successful, failures = split_failed_replies(server_round, replies)
+    results = []
+    for msg in successful:
+        metrics = dict(msg.content.metric_records.get(METRICS_KEY, MetricRecord()))
+        reply = msg.content.array_records.get(REPLY_KEY, ArrayRecord())
+        results.append(ClientResult(client_id_of(metrics, msg.metadata.src_node_id),
+                                    record_to_arrays(reply), metrics))
+    return results, failures
+
+
+__all__ = ["FedConsensus", "PLAN_KEY", "REPLY_KEY", "client_results", "split_failed_replies"]

@@ -54,9 +54,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
-from phe import PaillierPublicKey
 
-from .core.secure_sum.model_server import ModelSumServer
 from .core.secure_sum.model_updates import (
     ARRAYS_KEY_CONFIG,
     ENCRYPTED_SHARE_ARRAY,
@@ -65,10 +63,12 @@ from .core.secure_sum.model_updates import (
     WEIGHT_KEY_CONFIG,
     SecureModelSpec,
 )
+from .message_api import split_failed_replies
 from .records import record_nbytes, record_to_arrays
+from .secure_fedavg_base import SecureFedAvgRounds
 
 
-class SecureFedAvg(Strategy):
+class SecureFedAvg(SecureFedAvgRounds, Strategy):
     """FedAvg where the server only multiplies Paillier ciphertexts.
 
     Parameters
@@ -106,64 +106,20 @@ class SecureFedAvg(Strategy):
         # result.arrays is encrypted; a key holder: decrypt_model_record(result.arrays, ...)
     """
 
-    # pylint: disable=too-many-arguments
-    def __init__(
-        self,
-        strategy: FedAvg,
-        public_key: PaillierPublicKey,
-        *,
-        clip_bound: float,
-        bits: int = 16,
-        weighting: str = "sample_count",
-        max_examples: int | None = None,
-        vote_bits: int = 16,
-    ) -> None:
-        super().__init__()
-        if not isinstance(strategy, FedAvg):
-            raise TypeError(
-                "SecureFedAvg wraps a flwr.serverapp.strategy.FedAvg, got "
-                f"{type(strategy).__name__}; for flwr.server.strategy.FedAvg use "
-                "SecureFedAvgCompat")
-        if type(strategy).aggregate_train is not FedAvg.aggregate_train:
-            raise TypeError(
-                f"{type(strategy).__name__} overrides FedAvg's aggregation; a secure sum "
-                "computes FedAvg's weighted mean only")
-        self.strategy = strategy
-        self.server = ModelSumServer(public_key, clip_bound=clip_bound, bits=bits,
-                                     weighting=weighting, max_examples=max_examples,
-                                     vote_bits=vote_bits)
-        self._specs: dict[int, SecureModelSpec] = {}
-        self._encrypted_sum: np.ndarray | None = None
-
-    def __repr__(self) -> str:
-        return f"SecureFedAvg({self.strategy!r}, key={self.server.fingerprint})"
-
-    @property
-    def public_key(self) -> PaillierPublicKey:
-        """The public key shares are encrypted under."""
-        return self.server.public_key
-
-    @property
-    def history(self) -> list[dict]:
-        """Per round: ``bytes_down`` / ``bytes_down_evaluate`` / ``bytes_up``, ``accepted`` and
-        ``rejected`` node ids, ``num_failures``, ``num_ciphertexts``, ``seconds_aggregate``."""
-        return self.server.history
+    inner_type = FedAvg
+    aggregate_method = "aggregate_train"
+    api = "flwr.serverapp.strategy"
+    other_api = "flwr.server.strategy"
+    other_face = "SecureFedAvgCompat"
 
     @property
     def encrypted_model(self) -> np.ndarray | None:
         """The latest encrypted sum (``uint8``), or None before the first aggregation."""
-        return self._encrypted_sum
-
-    def spec(self, max_summands: int = 1) -> SecureModelSpec:
-        """The spec of a round of ``max_summands`` clients (after :meth:`start` saw the model)."""
-        return self.server.spec(max_summands)
+        return self._encrypted
 
     def summary(self) -> None:
         """Log the secure-sum settings, then the inner strategy's."""
-        settings = self.server.settings
-        log(INFO, "\t├──> Paillier secure FedAvg: key %s, clip bound %s, %s-bit values, "
-            "%s weights", self.server.fingerprint, settings["clip_bound"], settings["bits"],
-            settings["weighting"])
+        self._log_settings("\t├──> Paillier secure FedAvg")
         self.strategy.summary()
 
     # pylint: disable=too-many-arguments,too-many-positional-arguments
@@ -205,13 +161,9 @@ class SecureFedAvg(Strategy):
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages
-        spec = self.server.spec(len(messages))
-        if ENCRYPTED_SUM_ARRAY not in arrays:
-            spec.check_arrays(record_to_arrays(arrays))   # the plaintext initial model
-        self._specs[server_round] = spec
+        initial = None if ENCRYPTED_SUM_ARRAY in arrays else record_to_arrays(arrays)
+        spec = self._open_round(server_round, len(messages), record_nbytes(arrays), initial)
         self._attach_spec(messages, spec)
-        self.server.record(server_round, bytes_down=record_nbytes(arrays) * len(messages),
-                           cohort=len(messages))
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -226,19 +178,15 @@ class SecureFedAvg(Strategy):
         """
         start = time.perf_counter()
         replies = list(replies)
-        spec = self._specs.pop(server_round, None) or self.server.spec(max(1, len(replies)))
+        spec = self._round_spec(server_round, len(replies))
         key = self.strategy.arrayrecord_key
         weight_key = self.strategy.weighted_by_key
-        failures, bytes_up = 0, 0
+        successful, failures = split_failed_replies(server_round, replies)
+        bytes_up = 0
         shares: list[tuple[str, object]] = []
         contents: dict[str, object] = {}
         rejected: dict[str, str] = {}
-        for msg in replies:
-            if msg.has_error():
-                log(INFO, "round %s: node %s failed: %s", server_round,
-                    msg.metadata.src_node_id, msg.error.reason)
-                failures += 1
-                continue
+        for msg in successful:
             node = str(msg.metadata.src_node_id)
             records = msg.content.array_records
             bytes_up += int(sum(record_nbytes(r) for r in records.values()))
@@ -249,10 +197,7 @@ class SecureFedAvg(Strategy):
             shares.append((node, records[key][ENCRYPTED_SHARE_ARRAY].numpy()))
             contents[node] = msg.content
         shares.sort(key=lambda share: int(share[0]))
-        outcome = self.server.aggregate(spec, shares)
-        rejected.update(outcome.rejected)
-        for node, reason in sorted(rejected.items()):
-            log(WARNING, "round %s: share of node %s rejected: %s", server_round, node, reason)
+        outcome = self._sum_shares(server_round, spec, shares, rejected, "node")
         metrics = None
         if outcome.accepted:
             try:
@@ -260,15 +205,12 @@ class SecureFedAvg(Strategy):
                     [contents[node] for node in outcome.accepted], weight_key)
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
                 log(WARNING, "round %s: metrics not aggregated: %s", server_round, error)
-        self.server.record(
-            server_round, bytes_up=bytes_up, accepted=outcome.accepted, rejected=rejected,
-            num_failures=failures,
-            num_ciphertexts=spec.layout(self.public_key.n.bit_length() - 1).num_ciphertexts,
-            seconds_aggregate=time.perf_counter() - start)
-        if outcome.encrypted_sum is None:
-            log(WARNING, "round %s: no share accepted; the global model stays", server_round)
+        encrypted_sum = self._close_round(server_round, spec, outcome, rejected,
+                                          bytes_up=bytes_up, num_failures=failures,
+                                          started=start)
+        if encrypted_sum is None:
             return None, metrics
-        self._encrypted_sum = outcome.encrypted_sum
+        self._encrypted = encrypted_sum
         log(INFO, "round %s: encrypted model sum of %s clients (%.1f KiB)", server_round,
             len(outcome.accepted), outcome.encrypted_sum.nbytes / 1024)
         return ArrayRecord({ENCRYPTED_SUM_ARRAY: Array(outcome.encrypted_sum)}), metrics

@@ -27,7 +27,7 @@ model only: afterwards the server holds ciphertexts; evaluate on the clients.
 from __future__ import annotations
 
 import time
-from logging import INFO, WARNING
+from logging import WARNING
 
 import numpy as np
 from flwr.common import (
@@ -44,13 +44,12 @@ from flwr.common.logger import log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, Strategy
-from phe import PaillierPublicKey
 
-from .core.secure_sum.model_server import ModelSumServer
 from .core.secure_sum.model_updates import ENCRYPTED_FLAG_KEY, SPEC_CONFIG_KEY, SecureModelSpec
+from .secure_fedavg_base import SecureFedAvgRounds
 
 
-class SecureFedAvgCompat(Strategy):
+class SecureFedAvgCompat(SecureFedAvgRounds, Strategy):
     """Compat-API FedAvg where the server only multiplies Paillier ciphertexts.
 
     Parameters
@@ -73,47 +72,11 @@ class SecureFedAvgCompat(Strategy):
         Most bits of an integer weight.
     """
 
-    # pylint: disable=too-many-arguments
-    def __init__(
-        self,
-        strategy: FedAvg,
-        public_key: PaillierPublicKey,
-        *,
-        clip_bound: float,
-        bits: int = 16,
-        weighting: str = "sample_count",
-        max_examples: int | None = None,
-        vote_bits: int = 16,
-    ) -> None:
-        super().__init__()
-        if not isinstance(strategy, FedAvg):
-            raise TypeError(
-                "SecureFedAvgCompat wraps a flwr.server.strategy.FedAvg, got "
-                f"{type(strategy).__name__}; for flwr.serverapp.strategy.FedAvg use "
-                "SecureFedAvg")
-        if type(strategy).aggregate_fit is not FedAvg.aggregate_fit:
-            raise TypeError(
-                f"{type(strategy).__name__} overrides FedAvg's aggregation; a secure sum "
-                "computes FedAvg's weighted mean only")
-        self.strategy = strategy
-        self.server = ModelSumServer(public_key, clip_bound=clip_bound, bits=bits,
-                                     weighting=weighting, max_examples=max_examples,
-                                     vote_bits=vote_bits)
-        self._specs: dict[int, SecureModelSpec] = {}
-        self._encrypted: Parameters | None = None
-
-    def __repr__(self) -> str:
-        return f"SecureFedAvgCompat({self.strategy!r}, key={self.server.fingerprint})"
-
-    @property
-    def public_key(self) -> PaillierPublicKey:
-        """The public key shares are encrypted under."""
-        return self.server.public_key
-
-    @property
-    def history(self) -> list[dict]:
-        """Per round: bytes down/up, accepted and rejected clients, failures, ciphertexts."""
-        return self.server.history
+    inner_type = FedAvg
+    aggregate_method = "aggregate_fit"
+    api = "flwr.server.strategy"
+    other_api = "flwr.serverapp.strategy"
+    other_face = "SecureFedAvg"
 
     @property
     def encrypted_model(self) -> np.ndarray | None:
@@ -121,10 +84,6 @@ class SecureFedAvgCompat(Strategy):
         if self._encrypted is None:
             return None
         return parameters_to_ndarrays(self._encrypted)[0]
-
-    def spec(self, max_summands: int = 1) -> SecureModelSpec:
-        """The spec of a round of ``max_summands`` clients (after the initial parameters)."""
-        return self.server.spec(max_summands)
 
     # ------------------------------------------------------------------ setup
 
@@ -143,10 +102,7 @@ class SecureFedAvgCompat(Strategy):
                 "SecureFedAvgCompat needs FedAvg(initial_parameters=...): the model "
                 "structure comes from the public initial model")
         self.server.set_structure(parameters_to_ndarrays(parameters))
-        settings = self.server.settings
-        log(INFO, "Paillier secure FedAvg (compat): key %s, clip bound %s, %s-bit values, %s "
-            "weights", self.server.fingerprint, settings["clip_bound"], settings["bits"],
-            settings["weighting"])
+        self._log_settings("Paillier secure FedAvg (compat)")
         return parameters
 
     def _is_encrypted(self, parameters: Parameters) -> bool:
@@ -165,13 +121,9 @@ class SecureFedAvgCompat(Strategy):
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
         if not instructions:
             return instructions
-        spec = self.server.spec(len(instructions))
-        if not self._is_encrypted(parameters):
-            spec.check_arrays(parameters_to_ndarrays(parameters))   # public initial model
-        self._specs[server_round] = spec
-        sized = sum(len(tensor) for tensor in parameters.tensors)
-        self.server.record(server_round, bytes_down=sized * len(instructions),
-                           cohort=len(instructions))
+        initial = None if self._is_encrypted(parameters) else parameters_to_ndarrays(parameters)
+        spec = self._open_round(server_round, len(instructions),
+                                sum(len(tensor) for tensor in parameters.tensors), initial)
         return [(proxy, FitIns(ins.parameters, self._with_spec(ins.parameters, ins.config, spec)))
                 for proxy, ins in instructions]
 
@@ -183,7 +135,7 @@ class SecureFedAvgCompat(Strategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Check every encrypted share and multiply the valid ones into the encrypted sum."""
         start = time.perf_counter()
-        spec = self._specs.pop(server_round, None) or self.server.spec(max(1, len(results)))
+        spec = self._round_spec(server_round, len(results))
         if failures and not self.strategy.accept_failures:
             log(WARNING, "round %s: %s failures and accept_failures=False; no aggregation",
                 server_round, len(failures))
@@ -208,23 +160,17 @@ class SecureFedAvgCompat(Strategy):
             shares.append((proxy.cid, arrays[0]))
             by_id[proxy.cid] = res
         shares.sort(key=lambda share: share[0])
-        outcome = self.server.aggregate(spec, shares)
-        rejected.update(outcome.rejected)
-        for cid, reason in sorted(rejected.items()):
-            log(WARNING, "round %s: share of client %s rejected: %s", server_round, cid, reason)
+        outcome = self._sum_shares(server_round, spec, shares, rejected, "client")
         metrics: dict[str, Scalar] = {}
         if outcome.accepted and self.strategy.fit_metrics_aggregation_fn is not None:
             metrics = self.strategy.fit_metrics_aggregation_fn(
                 [(by_id[cid].num_examples, by_id[cid].metrics) for cid in outcome.accepted])
-        self.server.record(
-            server_round, bytes_up=bytes_up, accepted=outcome.accepted, rejected=rejected,
-            num_failures=len(failures),
-            num_ciphertexts=spec.layout(self.public_key.n.bit_length() - 1).num_ciphertexts,
-            seconds_aggregate=time.perf_counter() - start)
-        if outcome.encrypted_sum is None:
-            log(WARNING, "round %s: no share accepted; the global model stays", server_round)
+        encrypted_sum = self._close_round(server_round, spec, outcome, rejected,
+                                          bytes_up=bytes_up, num_failures=len(failures),
+                                          started=start)
+        if encrypted_sum is None:
             return None, metrics
-        self._encrypted = ndarrays_to_parameters([outcome.encrypted_sum])
+        self._encrypted = ndarrays_to_parameters([encrypted_sum])
         return self._encrypted, metrics
 
     # ------------------------------------------------------------------ evaluation

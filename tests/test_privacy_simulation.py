@@ -79,10 +79,12 @@ def test_central_dp_on_the_compat_face():
         [ledger.projected_epsilon(2.0, rounds=r) for r in (1, 2)])
 
 
-def test_paillier_run_carries_its_plaintext_baseline(tmp_path):
-    cfg = _config(num_rounds=2, strategy={"proxy_per_round": 40},
+@pytest.mark.parametrize("api", ["message", "compat"])
+def test_paillier_run_carries_its_plaintext_baseline(tmp_path, api):
+    cfg = _config(num_rounds=2, strategy={"proxy_per_round": 40}, api=api,
                   paillier={"enabled": True, "key_dir": str(tmp_path / "keys")})
     results = run_experiment(cfg, tmp_path / "out")
+    assert [h["num_failures"] for h in results["history"]] == [0, 0]   # four shares a round
     plaintext = results["baselines"]["plaintext"]
     assert abs(results["final"]["global_accuracy_mean"]
                - plaintext["global_accuracy_mean"]) <= 0.03
@@ -100,7 +102,6 @@ def test_paillier_run_carries_its_plaintext_baseline(tmp_path):
     ({"dp": {"enabled": True}}, "exactly one"),
     ({"dp": {"enabled": True, "noise_multiplier": 1.0, "mode": "distributed"}, "api": "compat"},
      "distributed"),
-    ({"paillier": {"enabled": True}, "api": "compat"}, "message"),
     ({"paillier": {"enabled": True, "key_bits": 1024}}, "2048"),
     ({"dp": {"enabled": True, "noise_multiplier": 1.0},
       "contribution": {"enabled": True}}, "contribution"),

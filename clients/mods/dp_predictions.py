@@ -41,12 +41,11 @@ with ``PrivateConsensus(mode="distributed")`` sends them every round.
 from __future__ import annotations
 
 import math
-from logging import ERROR, INFO
+from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
+from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
 from flhet_strategies.core.consensus import softmax
@@ -67,6 +66,8 @@ from flhet_strategies.core.dp.private_consensus import (
 )
 from flhet_strategies.message_api import CONFIG_KEY, REPLY_KEY
 from flhet_strategies.records import arrays_to_record, record_to_arrays
+
+from .error_reply import error_reply as _error_reply
 
 DP_RECORD_KEY = "dp"
 """Reply ``ConfigRecord`` describing the applied mechanism."""
@@ -212,11 +213,6 @@ class DpPredictionsMod:
         log(INFO, "DpPredictionsMod: %s predictions clipped to L2 %.4g (%s), noise std %.4g",
             logits.shape, bound, clip_mode, std)
         return reply
-
-
-def _error_reply(msg: Message, reason: str) -> Message:
-    log(ERROR, reason)
-    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
 
 
 __all__ = [

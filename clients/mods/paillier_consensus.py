@@ -53,9 +53,7 @@ Obfuscators are Damgard-Jurik-Nielsen short-exponent ones by default
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from logging import ERROR, INFO
-from pathlib import Path
 
 import numpy as np
 from flwr.app import (
@@ -91,7 +89,6 @@ from flhet_strategies.core.secure_sum import (
     SecureSumError,
 )
 from flhet_strategies.core.secure_sum.client_cache import (
-    cached_key_holder,
     check_key_fingerprint,
     clear_client_caches,
     shared_randomness_pool,
@@ -102,12 +99,10 @@ from flhet_strategies.message_api import CONFIG_KEY, METRICS_KEY, PLAN_KEY, REPL
 from flhet_strategies.records import arrays_to_record, record_to_arrays
 
 from .error_reply import error_reply as _error_reply
-
-KEY_PATH_NODE_CONFIG = "paillier-key-path"
-"""Node-config key naming the private key file, when the mod is not given ``key_path``."""
+from .paillier_base import KEY_PATH_NODE_CONFIG, PaillierClientSettings
 
 
-class PaillierConsensusMod:
+class PaillierConsensusMod(PaillierClientSettings):
     """Decrypt the consensus the server relays, and encrypt this client's share.
 
     Parameters
@@ -146,43 +141,6 @@ class PaillierConsensusMod:
         app = distillation_client_app(factory, mods=[PaillierConsensusMod(files.private_path)])
     """
 
-    def __init__(
-        self,
-        key_path: str | Path | None = None,
-        *,
-        key_holder: KeyHolder | None = None,
-        node_config_key: str = KEY_PATH_NODE_CONFIG,
-        workers: int = 1,
-        decrypt_workers: int | None = None,
-        short_exponent: bool = True,
-        require_secure: bool = True,
-        plaintext_phases: Collection[str] = (),
-    ) -> None:
-        if key_path is not None and key_holder is not None:
-            raise ValueError("give key_path or key_holder, not both")
-        if key_holder is not None and not isinstance(key_holder, KeyHolder):
-            raise TypeError(f"key_holder must be a KeyHolder, got {type(key_holder).__name__}")
-        for name, value in (("workers", workers), ("decrypt_workers", decrypt_workers)):
-            if value is None and name == "decrypt_workers":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.key_path = None if key_path is None else str(key_path)
-        self.key_holder = key_holder
-        self.node_config_key = node_config_key
-        self.workers = workers
-        self.decrypt_workers = decrypt_workers
-        self.short_exponent = bool(short_exponent)
-        self.require_secure = bool(require_secure)
-        if isinstance(plaintext_phases, str):
-            raise TypeError("plaintext_phases must be a collection of phase names, not a str")
-        self.plaintext_phases = frozenset(str(phase) for phase in plaintext_phases)
-
-    def __repr__(self) -> str:
-        source = self.key_path or ("<key holder>" if self.key_holder else
-                                   f"node config {self.node_config_key!r}")
-        return f"PaillierConsensusMod(key={source}, workers={self.workers})"
-
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Decrypt the plan's consensus, run the app, encrypt the reply's predictions.
 
@@ -208,7 +166,7 @@ class PaillierConsensusMod:
         config = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
         if SPEC_CONFIG_KEY not in config:
             phase = str(config.get(PHASE_KEY, "main"))
-            if not self.require_secure or phase in self.plaintext_phases:
+            if self.allows_plaintext(phase):
                 return call_next(msg, context)
             return _error_reply(
                 msg, "PaillierConsensusMod: the server did not ask for a secure sum (no "
@@ -217,12 +175,10 @@ class PaillierConsensusMod:
                 "SecureConsensus, or list the phase in the mod's plaintext_phases.")
         try:
             spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
-            holder = self._holder(context)
+            holder = self.key_holder_for(context)
             _check_key(spec, holder)
             pool = self._pool(holder)
-            codec = SecureSumCodec(holder.public_key, spec.num_values, spec.max_summands,
-                                   (0.0, float((1 << spec.value_bits) - 1)), spec.value_bits,
-                                   randomness=pool)
+            codec = spec.codec(holder.public_key, pool)
         except (ValueError, TypeError, OSError, SecureSumError) as error:
             return _error_reply(msg, f"PaillierConsensusMod: {error}")
         _top_up(pool, codec.num_ciphertexts)  # runs while the consensus decrypts and the app trains
@@ -238,17 +194,6 @@ class PaillierConsensusMod:
             _top_up(pool, codec.num_ciphertexts)  # for the next message this process serves
 
     # ------------------------------------------------------------------ keys and randomness
-
-    def _holder(self, context: Context) -> KeyHolder:
-        if self.key_holder is not None:
-            return self.key_holder
-        path = (self.key_path or context.node_config.get(self.node_config_key)
-                or context.run_config.get(self.node_config_key))
-        if not path:
-            raise ValueError(
-                "no Paillier private key: give PaillierConsensusMod a key_path or set the "
-                f"node config (or run config) '{self.node_config_key}'")
-        return cached_key_holder(path)
 
     def _decrypt_workers(self) -> int:
         return self.decrypt_workers or available_cores()
@@ -266,7 +211,7 @@ class PaillierConsensusMod:
             if SPEC_CONFIG_KEY not in config:
                 raise ValueError(f"the decryption request has no '{SPEC_CONFIG_KEY}'")
             spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
-            holder = self._holder(context)
+            holder = self.key_holder_for(context)
             _check_key(spec, holder)
             arrays = record_to_arrays(msg.content.array_records[DECRYPT_REQUEST_KEY])
             if ENCRYPTED_CONSENSUS_ARRAY not in arrays or "consensus_indices" not in arrays:

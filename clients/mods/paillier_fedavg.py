@@ -35,9 +35,7 @@ process (:mod:`flhet_strategies.core.secure_sum.client_cache`).
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from logging import INFO, WARNING
-from pathlib import Path
 
 from flwr.app import (
     ArrayRecord,
@@ -53,7 +51,6 @@ from flwr.common.logger import log
 
 from flhet_strategies.consensus_server import PHASE_KEY
 from flhet_strategies.core.secure_sum import KeyHolder, SecureSumError
-from flhet_strategies.core.secure_sum.client_cache import resolve_key_holder
 from flhet_strategies.core.secure_sum.model_client import ModelSumClient
 from flhet_strategies.core.secure_sum.model_updates import (
     ARRAYS_KEY_CONFIG,
@@ -67,10 +64,10 @@ from flhet_strategies.core.secure_sum.model_updates import (
 from flhet_strategies.records import arrays_to_record, record_to_arrays
 
 from .error_reply import error_reply
-from .paillier_consensus import KEY_PATH_NODE_CONFIG
+from .paillier_base import PaillierClientSettings
 
 
-class PaillierFedAvgMod:
+class PaillierFedAvgMod(PaillierClientSettings):
     """Decrypt the global model the server relays, and encrypt this client's weights.
 
     Parameters
@@ -104,44 +101,6 @@ class PaillierFedAvgMod:
         app = ClientApp(mods=[PaillierFedAvgMod(files.private_path)])
     """
 
-    # pylint: disable=too-many-arguments
-    def __init__(
-        self,
-        key_path: str | Path | None = None,
-        *,
-        key_holder: KeyHolder | None = None,
-        node_config_key: str = KEY_PATH_NODE_CONFIG,
-        workers: int = 1,
-        decrypt_workers: int | None = None,
-        short_exponent: bool = True,
-        require_secure: bool = True,
-        plaintext_phases: Collection[str] = (),
-    ) -> None:
-        if key_path is not None and key_holder is not None:
-            raise ValueError("give key_path or key_holder, not both")
-        if key_holder is not None and not isinstance(key_holder, KeyHolder):
-            raise TypeError(f"key_holder must be a KeyHolder, got {type(key_holder).__name__}")
-        for name, value in (("workers", workers), ("decrypt_workers", decrypt_workers)):
-            if value is None and name == "decrypt_workers":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(plaintext_phases, str):
-            raise TypeError("plaintext_phases must be a collection of phase names, not a str")
-        self.key_path = None if key_path is None else str(key_path)
-        self.key_holder = key_holder
-        self.node_config_key = node_config_key
-        self.workers = workers
-        self.decrypt_workers = decrypt_workers
-        self.short_exponent = bool(short_exponent)
-        self.require_secure = bool(require_secure)
-        self.plaintext_phases = frozenset(str(phase) for phase in plaintext_phases)
-
-    def __repr__(self) -> str:
-        source = self.key_path or ("<key holder>" if self.key_holder else
-                                   f"node config {self.node_config_key!r}")
-        return f"PaillierFedAvgMod(key={source}, workers={self.workers})"
-
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Decrypt the relayed model, run the app, encrypt the reply's arrays.
 
@@ -166,8 +125,7 @@ class PaillierFedAvgMod:
         config = _spec_config(msg)
         if config is None:
             phase = _phase(msg)
-            if kind == MessageType.EVALUATE or not self.require_secure \
-                    or phase in self.plaintext_phases:
+            if kind == MessageType.EVALUATE or self.allows_plaintext(phase):
                 return call_next(msg, context)
             return error_reply(
                 msg, "PaillierFedAvgMod: the server did not ask for a secure sum (no "
@@ -198,9 +156,7 @@ class PaillierFedAvgMod:
 
     def model_client(self, context: Context) -> ModelSumClient:
         """This node's :class:`.ModelSumClient` (key from ``key_path``/``key_holder``/config)."""
-        holder = self.key_holder or resolve_key_holder(
-            self.key_path, context.node_config, context.run_config, self.node_config_key,
-            "PaillierFedAvgMod")
+        holder = self.key_holder_for(context)
         return ModelSumClient(holder, workers=self.workers, decrypt_workers=self.decrypt_workers,
                               short_exponent=self.short_exponent)
 

@@ -61,13 +61,14 @@ ciphertext, where ``slot_bits`` is the bit length of
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from .consensus import ConsensusConfig, entropy_reduction, softmax
+from .secure_sum.json_spec import JsonSpec
 from .secure_sum.layout import SecureSumLayout
+from .secure_sum.integers import IntegerSumSpec
 from .secure_sum.integers import check_int as _check_int
 from .secure_sum.integers import integer_layout
 from .secure_sum.integers import round_half_up as _round_half_up
@@ -127,7 +128,7 @@ class SecureConsensusResult:
 
 
 @dataclass(frozen=True)
-class SecureConsensusSpec:
+class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
     """Public parameters of a secure consensus round, agreed by the server and the clients.
 
     The server builds it (:meth:`for_consensus`) and sends it with every train message
@@ -170,6 +171,8 @@ class SecureConsensusSpec:
     vote_bits: int = 16
     vote_unit: int = 1
     key_fingerprint: str = ""
+
+    spec_name = "secure consensus"  # names the spec in from_json's errors (no field)
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_summands", "probability_bits", "vote_bits", "vote_unit"):
@@ -285,17 +288,6 @@ class SecureConsensusSpec:
     def num_values(self) -> int:
         """Values per client share: ``m * C`` numerators and ``C`` votes."""
         return (self.num_samples + 1) * self.num_classes
-
-    def layout(self, plaintext_bits: int) -> SecureSumLayout:
-        """The secure-sum layout of a client share (integers, one quantization level each).
-
-        Parameters
-        ----------
-        plaintext_bits : int
-            ``n.bit_length() - 1`` of the public key.
-        """
-        return integer_layout(self.num_values, self.max_summands, self.value_bits,
-                              plaintext_bits)
 
     def check_sum_layout(self, layout: SecureSumLayout, num_samples: int) -> None:
         """Raise ``ValueError`` unless ``layout`` is this spec's layout for ``num_samples``.
@@ -450,29 +442,6 @@ class SecureConsensusSpec:
             error_bound=rounding + votes_term,
             num_summands=int(num_summands),
         )
-
-    # ------------------------------------------------------------------ wire format
-
-    def to_json(self) -> str:
-        """The spec as a JSON string (a Flower ``ConfigRecord`` value)."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "SecureConsensusSpec":
-        """Rebuild a spec from :meth:`to_json`.
-
-        Raises
-        ------
-        ValueError
-            If the text is not a valid spec.
-        """
-        try:
-            raw = json.loads(text)
-            if not isinstance(raw, dict):
-                raise TypeError("not a JSON object")
-            return cls(**raw)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"invalid secure consensus spec {text!r}: {error}") from error
 
 
 def consensus_context(key_fingerprint: str, consensus_indices: np.ndarray,

@@ -117,6 +117,23 @@ def check_key_fingerprint(expected_hex: str, holder: KeyHolder) -> None:
             f"key {holder.fingerprint.hex()}")
 
 
+def check_worker_counts(workers: object, decrypt_workers: object = None) -> None:
+    """Raise ``ValueError`` unless the thread counts of a secure-sum client are valid.
+
+    Parameters
+    ----------
+    workers : int
+        Threads computing Paillier randomness: a positive int.
+    decrypt_workers : int, optional
+        Threads decrypting a sum: a positive int, or None (every core).
+    """
+    for name, value in (("workers", workers), ("decrypt_workers", decrypt_workers)):
+        if value is None and name == "decrypt_workers":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def clear_client_caches() -> None:
     """Forget cached keys and stop the randomness threads of this process."""
     for pool in _POOLS.values():
@@ -128,6 +145,7 @@ def clear_client_caches() -> None:
 __all__ = [
     "cached_key_holder",
     "check_key_fingerprint",
+    "check_worker_counts",
     "clear_client_caches",
     "resolve_key_holder",
     "shared_randomness_pool",

@@ -8,7 +8,10 @@ exact integers through a layout whose quantization step is 1 (:func:`integer_lay
 from __future__ import annotations
 
 import numpy as np
+from phe import PaillierPublicKey
 
+from .codec import SecureSumCodec
+from .encrypt import RandomnessPool
 from .layout import SecureSumLayout
 
 
@@ -35,4 +38,43 @@ def check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
 
 
-__all__ = ["check_int", "integer_layout", "round_half_up"]
+class IntegerSumSpec:
+    """Layout and codec of a spec whose shares are exact integers (a mixin).
+
+    Mixed into :class:`.model_updates.SecureModelSpec` and
+    :class:`flhet_strategies.core.secure_consensus.SecureConsensusSpec`; a subclass
+    provides ``num_values``, ``max_summands`` and ``value_bits``.
+    """
+
+    num_values: int
+    max_summands: int
+    value_bits: int
+
+    def layout(self, plaintext_bits: int) -> SecureSumLayout:
+        """The secure-sum layout of a client share (integers, one quantization level each).
+
+        Parameters
+        ----------
+        plaintext_bits : int
+            ``n.bit_length() - 1`` of the public key.
+        """
+        return integer_layout(self.num_values, self.max_summands, self.value_bits,
+                              plaintext_bits)
+
+    def codec(self, public_key: PaillierPublicKey,
+              randomness: RandomnessPool | None = None) -> SecureSumCodec:
+        """The codec that encrypts a client share under ``public_key``.
+
+        Parameters
+        ----------
+        public_key : phe.PaillierPublicKey
+            The key dealer's public key.
+        randomness : RandomnessPool, optional
+            Precomputed Paillier randomness (e.g. a client's shared pool).
+        """
+        return SecureSumCodec(public_key, self.num_values, self.max_summands,
+                              (0.0, float((1 << self.value_bits) - 1)), self.value_bits,
+                              randomness=randomness)
+
+
+__all__ = ["IntegerSumSpec", "check_int", "integer_layout", "round_half_up"]

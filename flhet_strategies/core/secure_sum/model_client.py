@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .client_cache import check_key_fingerprint, shared_randomness_pool, top_up
+from .client_cache import (
+    check_key_fingerprint,
+    check_worker_counts,
+    shared_randomness_pool,
+    top_up,
+)
 from .codec import SecureSumCodec
 from .encrypt import available_cores
 from .encrypted_vector import EncryptedVector
@@ -72,11 +77,7 @@ class ModelSumClient:
                  short_exponent: bool = True) -> None:
         if not isinstance(holder, KeyHolder):
             raise TypeError(f"holder must be a KeyHolder, got {type(holder).__name__}")
-        for name, value in (("workers", workers), ("decrypt_workers", decrypt_workers)):
-            if value is None and name == "decrypt_workers":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_worker_counts(workers, decrypt_workers)
         self.holder = holder
         self.decrypt_workers = decrypt_workers or available_cores()
         self.pool = shared_randomness_pool(holder, short_exponent, workers)
@@ -90,9 +91,7 @@ class ModelSumClient:
 
     def codec(self, spec: SecureModelSpec) -> SecureSumCodec:
         """The codec of a share under ``spec`` (drawing randomness from the shared pool)."""
-        return SecureSumCodec(self.holder.public_key, spec.num_values, spec.max_summands,
-                              (0.0, float((1 << spec.value_bits) - 1)), spec.value_bits,
-                              randomness=self.pool)
+        return spec.codec(self.holder.public_key, self.pool)
 
     def prepare(self, spec: SecureModelSpec) -> None:
         """Check the key and start computing the randomness of one share in the background."""

@@ -52,15 +52,15 @@ uniform weights: 20-bit slots, 102 per ciphertext, 5.0 bytes per parameter.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .errors import SecureSumOverflowError
-from .integers import check_int, integer_layout, round_half_up
+from .integers import IntegerSumSpec, check_int, integer_layout, round_half_up
+from .json_spec import JsonSpec
 from .layout import SecureSumLayout
 
 MODEL_WEIGHTINGS = ("sample_count", "uniform")
@@ -137,7 +137,7 @@ class EncodedShare:
 
 
 @dataclass(frozen=True)
-class SecureModelSpec:
+class SecureModelSpec(JsonSpec, IntegerSumSpec):
     """Public parameters of a secure FedAvg round, agreed by the server and the clients.
 
     The server builds it (:meth:`for_arrays`) and sends it with every message
@@ -182,6 +182,8 @@ class SecureModelSpec:
     vote_unit: int = 1
     key_fingerprint: str = ""
     max_examples: int | None = None
+
+    spec_name = "secure FedAvg"  # names the spec in from_json's errors (no field)
 
     def __post_init__(self) -> None:
         names = tuple(str(name) for name in self.names)
@@ -316,17 +318,6 @@ class SecureModelSpec:
     def value_bits(self) -> int:
         """Bits of one encrypted value (``L`` times the largest weight)."""
         return (self.levels * self.max_vote_level).bit_length()
-
-    def layout(self, plaintext_bits: int) -> SecureSumLayout:
-        """The secure-sum layout of a share (integers, one quantization level each).
-
-        Parameters
-        ----------
-        plaintext_bits : int
-            ``n.bit_length() - 1`` of the public key.
-        """
-        return integer_layout(self.num_values, self.max_summands, self.value_bits,
-                              plaintext_bits)
 
     def check_sum_layout(self, layout: SecureSumLayout) -> None:
         """Raise ``ValueError`` unless ``layout`` is this spec's layout for some cohort size.
@@ -500,29 +491,6 @@ class SecureModelSpec:
             bound += 2.0 * self.clip_bound * num_summands / total_weight
         eps = max(float(np.finfo(np.dtype(d)).eps) for d in self.dtypes)
         return bound + self.clip_bound * eps
-
-    # ------------------------------------------------------------------ wire format
-
-    def to_json(self) -> str:
-        """The spec as a JSON string (a Flower config value)."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "SecureModelSpec":
-        """Rebuild a spec from :meth:`to_json`.
-
-        Raises
-        ------
-        ValueError
-            If the text is not a valid spec.
-        """
-        try:
-            raw = json.loads(text)
-            if not isinstance(raw, dict):
-                raise TypeError("not a JSON object")
-            return cls(**raw)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"invalid secure FedAvg spec: {error}") from error
 
 
 def _structure(arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]

@@ -1,0 +1,246 @@
+"""Compat-API client side of a secure logit consensus: a ``NumPyClient`` wrapper.
+
+:class:`SecureConsensusNumPyClient` is the client half of
+:class:`~flhet_strategies.secure_consensus_compat.SecureConsensusCompat`, as
+:class:`clients.mods.paillier_consensus.PaillierConsensusMod` is of the Message-API
+:class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus`. It wraps a
+:class:`clients.numpy_client.DistillationNumPyClient` (or any ``NumPyClient`` that speaks
+flhet's compat plan: ``fit`` takes ``[proxy_indices, consensus_indices, consensus]`` and
+returns ``[logits, class_counts]``):
+
+- ``fit``: reads the round's spec from the config, checks that the server asks for this
+  client's key and starts computing Paillier randomness in the background; decrypts
+  the relayed sum (or opens the consensus another client sealed for the cohort) into
+  the plan's ``consensus``; calls the wrapped client; and returns one ``uint8`` ndarray,
+  the encrypted share of its predictions and votes. A consensus that does not decrypt
+  is logged; the client then trains without one and reports
+  ``"secure-decrypt-failed" = 1``.
+- ``evaluate``: when asked (``"secure-decrypt-request"`` in the config), decrypts the
+  sum for the cohort and returns the seal as ``bytes`` in the metric
+  ``"sealed_consensus"``; then evaluates as the wrapped client does.
+
+The Paillier steps are those of :class:`~flhet_strategies.core.secure_consensus_client.ConsensusSumClient`
+(shared spec, codec, seal and per-process key/randomness caches). Without a spec in the
+fit config the wrapper raises instead of letting plaintext predictions leave the client
+(``require_secure``; ``plaintext_phases`` lists phases allowed in clear).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from logging import ERROR, INFO
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+from flwr.client import NumPyClient
+from flwr.common.logger import log
+
+from flhet_strategies.consensus_server import PHASE_KEY
+from flhet_strategies.core.distillation import PLAN_ARRAY_KEYS
+from flhet_strategies.core.secure_consensus import (
+    DECRYPT_FAILED_METRIC,
+    DECRYPT_REQUEST_KEY,
+    ENCRYPTED_CONSENSUS_ARRAY,
+    SEALED_CONSENSUS_ARRAY,
+    SPEC_CONFIG_KEY,
+    SecureConsensusSpec,
+)
+from flhet_strategies.core.secure_consensus_client import ConsensusSumClient
+from flhet_strategies.core.secure_sum import KeyHolder, SecureSumError
+from flhet_strategies.secure_consensus_compat import DECRYPT_ERROR_METRIC, SECURE_PLAN_ARRAY_KEYS
+
+from .mods.paillier_base import KEY_PATH_NODE_CONFIG, PaillierClientSettings
+
+
+class SecureConsensusNumPyClient(PaillierClientSettings, NumPyClient):
+    """Wrap a distillation ``NumPyClient`` so that its predictions leave it only encrypted.
+
+    Parameters
+    ----------
+    client : NumPyClient
+        The wrapped client, e.g. a :class:`~clients.numpy_client.DistillationNumPyClient`.
+    key_path : str or Path, optional
+        The private key file (from a key dealer). If omitted, the node config (then the
+        run config) entry ``node_config_key`` of ``context`` names it.
+    key_holder : KeyHolder, optional
+        The key itself instead of a file.
+    context : flwr.app.Context, optional
+        The node's context, to find the key file in its config.
+    node_config_key : str (default: "paillier-key-path")
+        Config key of the key file path.
+    workers : int (default: 1)
+        Threads computing Paillier randomness while the wrapped client trains.
+    decrypt_workers : int, optional
+        Threads decrypting a sum (default: every core this process may use).
+    short_exponent : bool (default: True)
+        Damgard-Jurik-Nielsen short-exponent randomness; False uses ``r**n``.
+    require_secure : bool (default: True)
+        Raise in ``fit`` when the server did not ask for a secure sum.
+    plaintext_phases : Collection[str] (default: ())
+        Phases (fit config ``"flhet-phase"``) allowed in clear anyway.
+
+    Examples
+    --------
+    >>> def client_fn(context):                                         # doctest: +SKIP
+    ...     inner = DistillationNumPyClient(make_client(context), client_id=0, context=context)
+    ...     return SecureConsensusNumPyClient(inner, context=context).to_client()
+    """
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        client: NumPyClient,
+        key_path: str | Path | None = None,
+        *,
+        key_holder: KeyHolder | None = None,
+        context: Context | None = None,
+        node_config_key: str = KEY_PATH_NODE_CONFIG,
+        workers: int = 1,
+        decrypt_workers: int | None = None,
+        short_exponent: bool = True,
+        require_secure: bool = True,
+        plaintext_phases: Collection[str] = (),
+    ) -> None:
+        if not isinstance(client, NumPyClient):
+            raise TypeError(f"client must be a NumPyClient, got {type(client).__name__}")
+        self._init_paillier_settings(key_path, key_holder, node_config_key, workers,
+                                     decrypt_workers, short_exponent, require_secure,
+                                     plaintext_phases)
+        self.client = client
+        self._context = context
+        self._sum_client: ConsensusSumClient | None = None
+
+    def sum_client(self) -> ConsensusSumClient:
+        """This client's :class:`.ConsensusSumClient` (the key is loaded on first use)."""
+        if self._sum_client is None:
+            context = self._context
+            holder = self.resolve_key_holder(context.node_config if context else {},
+                                             context.run_config if context else {})
+            self._sum_client = ConsensusSumClient(
+                holder, workers=self.workers, decrypt_workers=self.decrypt_workers,
+                short_exponent=self.short_exponent)
+        return self._sum_client
+
+    def get_properties(self, config):
+        """Delegate to the wrapped client."""
+        return self.client.get_properties(config)
+
+    def get_parameters(self, config):
+        """Delegate to the wrapped client (a distillation client has no shared model)."""
+        return self.client.get_parameters(config)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, parameters, config):
+        """Decrypt the consensus, train the wrapped client, return its encrypted share.
+
+        Returns
+        -------
+        tuple
+            ``([share], num_examples, metrics)``: one ``uint8`` ndarray, the wrapped
+            client's ``num_examples`` and metrics (plus ``"secure-decrypt-failed"`` when
+            the consensus did not decrypt).
+
+        Raises
+        ------
+        ValueError
+            If the server did not ask for a secure sum (and the phase is not allowed in
+            clear), asks for another key, the plan has the wrong arrays, or the wrapped
+            client's reply does not fit the spec.
+        """
+        if SPEC_CONFIG_KEY not in config:
+            phase = str(config.get(PHASE_KEY, "main"))
+            if not self.allows_plaintext(phase):
+                raise ValueError(
+                    "SecureConsensusNumPyClient: the server did not ask for a secure sum (no "
+                    f"'{SPEC_CONFIG_KEY}' in the fit config); refusing to send plaintext "
+                    f"predictions (phase {phase!r}). Wrap the server strategy in "
+                    "SecureConsensusCompat, or list the phase in plaintext_phases.")
+            return self.client.fit(parameters, config)
+        spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
+        if len(parameters) != len(SECURE_PLAN_ARRAY_KEYS):
+            raise ValueError(f"expected the {len(SECURE_PLAN_ARRAY_KEYS)} arrays "
+                             f"{SECURE_PLAN_ARRAY_KEYS} of a secure plan, got {len(parameters)}")
+        sums = self.sum_client()
+        sums.prepare(spec)            # randomness computes while the consensus decrypts
+        plan, failure = self._plan(spec, dict(zip(SECURE_PLAN_ARRAY_KEYS, parameters)))
+        reply, num_examples, metrics = self.client.fit([plan[k] for k in PLAN_ARRAY_KEYS],
+                                                       config)
+        if len(reply) not in (1, 2):
+            raise ValueError("the wrapped client must return [logits, class_counts], got "
+                             f"{len(reply)} arrays")
+        share = sums.encrypt(spec, reply[0], reply[1] if len(reply) == 2 else None,
+                             num_examples)
+        log(INFO, "SecureConsensusNumPyClient: encrypted %s values into %s ciphertexts in "
+            "%.2f s", spec.num_values, share.num_ciphertexts, share.seconds)
+        metrics = dict(metrics)
+        if failure is not None:
+            metrics[DECRYPT_FAILED_METRIC] = 1.0
+        return [share.payload], num_examples, metrics
+
+    def _plan(self, spec: SecureConsensusSpec, arrays: dict[str, np.ndarray]
+              ) -> tuple[dict[str, np.ndarray], str | None]:
+        """The plain plan, with the relayed consensus decrypted (or opened) into it."""
+        plan = {key: arrays[key] for key in PLAN_ARRAY_KEYS}
+        encrypted = np.asarray(arrays[ENCRYPTED_CONSENSUS_ARRAY])
+        sealed = np.asarray(arrays[SEALED_CONSENSUS_ARRAY])
+        if encrypted.size == 0 and sealed.size == 0:
+            return plan, None
+        indices = np.asarray(plan["consensus_indices"], dtype=np.int64)
+        start = time.perf_counter()
+        try:
+            if sealed.size:   # one client decrypted for everyone: open the seal
+                plan["consensus"] = self.sum_client().open_seal(spec, sealed, indices)
+                how = "opened the sealed consensus"
+            else:
+                plan["consensus"], num_summands = self.sum_client().decrypt(
+                    spec, encrypted, indices)
+                how = f"decrypted the consensus of {num_summands} clients"
+        except (ValueError, SecureSumError) as error:
+            log(ERROR, "SecureConsensusNumPyClient: the encrypted consensus does not decrypt "
+                "(%s); training without a consensus this round", error)
+            plan["consensus_indices"] = np.zeros(0, dtype=np.int64)
+            plan["consensus"] = np.zeros((0, spec.num_classes), dtype=np.float32)
+            return plan, str(error)
+        log(INFO, "SecureConsensusNumPyClient: %s in %.2f s", how, time.perf_counter() - start)
+        return plan, None
+
+    # ------------------------------------------------------------------ evaluate
+
+    def evaluate(self, parameters, config):
+        """Evaluate as the wrapped client; first decrypt and seal the sum if asked to.
+
+        When the config holds ``"secure-decrypt-request"``, ``parameters`` are
+        ``[encrypted_sum, consensus_indices]``; the metrics then also hold
+        ``"sealed_consensus"`` (``bytes``), or ``"secure-decrypt-error"`` (the reason).
+        """
+        if not config.get(DECRYPT_REQUEST_KEY, False):
+            return self.client.evaluate(parameters, config)
+        answer = self._decrypt_for_cohort(parameters, config)
+        loss, num_examples, metrics = self.client.evaluate([], config)
+        return loss, num_examples, {**metrics, **answer}
+
+    def _decrypt_for_cohort(self, parameters, config) -> dict:
+        start = time.perf_counter()
+        try:
+            if SPEC_CONFIG_KEY not in config:
+                raise ValueError(f"the decryption request has no '{SPEC_CONFIG_KEY}'")
+            if len(parameters) != 2:
+                raise ValueError("the decryption request must hold [encrypted_sum, "
+                                 f"consensus_indices], got {len(parameters)} arrays")
+            spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
+            indices = np.asarray(parameters[1], dtype=np.int64)
+            consensus, num_summands = self.sum_client().decrypt(spec, parameters[0], indices)
+            sealed = self.sum_client().seal(spec, consensus, indices)
+        except (ValueError, TypeError, OSError, SecureSumError) as error:
+            log(ERROR, "SecureConsensusNumPyClient: cannot decrypt the sum for the cohort: %s",
+                error)
+            return {DECRYPT_ERROR_METRIC: f"cannot decrypt for the cohort: {error}"}
+        log(INFO, "SecureConsensusNumPyClient: decrypted and sealed the consensus of %s "
+            "clients for the cohort in %.2f s", num_summands, time.perf_counter() - start)
+        return {SEALED_CONSENSUS_ARRAY: sealed.tobytes()}
+
+
+__all__ = ["SecureConsensusNumPyClient"]
