@@ -13,17 +13,11 @@ returns one ``uint8`` ndarray, the encrypted share of the trained weights weight
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from logging import WARNING
-from pathlib import Path
 
 import numpy as np
-from flwr.app import Context
-from flwr.client import NumPyClient
 from flwr.common.logger import log
 
-from flhet_strategies.consensus_server import PHASE_KEY
-from flhet_strategies.core.secure_sum import KeyHolder
 from flhet_strategies.core.secure_sum.model_client import ModelSumClient
 from flhet_strategies.core.secure_sum.model_updates import (
     CLIPPED_METRIC,
@@ -32,10 +26,10 @@ from flhet_strategies.core.secure_sum.model_updates import (
     SecureModelSpec,
 )
 
-from .mods.paillier_base import KEY_PATH_NODE_CONFIG, PaillierClientSettings
+from .paillier_numpy_base import PaillierNumPyBase
 
 
-class PaillierNumPyClient(PaillierClientSettings, NumPyClient):
+class PaillierNumPyClient(PaillierNumPyBase):
     """Wrap a ``NumPyClient`` so that its weights leave it only Paillier-encrypted.
 
     Parameters
@@ -74,49 +68,16 @@ class PaillierNumPyClient(PaillierClientSettings, NumPyClient):
     ...     return PaillierNumPyClient(MyClient(...), context=context).to_client()
     """
 
-    # pylint: disable=too-many-arguments
-    def __init__(
-        self,
-        client: NumPyClient,
-        key_path: str | Path | None = None,
-        *,
-        key_holder: KeyHolder | None = None,
-        context: Context | None = None,
-        node_config_key: str = KEY_PATH_NODE_CONFIG,
-        workers: int = 1,
-        decrypt_workers: int | None = None,
-        short_exponent: bool = True,
-        require_secure: bool = True,
-        plaintext_phases: Collection[str] = (),
-    ) -> None:
-        if not isinstance(client, NumPyClient):
-            raise TypeError(f"client must be a NumPyClient, got {type(client).__name__}")
-        self._init_paillier_settings(key_path, key_holder, node_config_key, workers,
-                                     decrypt_workers, short_exponent, require_secure,
-                                     plaintext_phases)
-        self.client = client
-        self._context = context
-        self._model_client: ModelSumClient | None = None
+    sum_client_type = ModelSumClient
+    plaintext_what = "weights"
+    server_wrapper = "SecureFedAvgCompat"
 
     def __repr__(self) -> str:
         return f"PaillierNumPyClient({type(self.client).__name__})"
 
     def model_client(self) -> ModelSumClient:
         """This client's :class:`.ModelSumClient` (the key is loaded on first use)."""
-        if self._model_client is None:
-            holder = self.key_holder_for(self._context)
-            self._model_client = ModelSumClient(
-                holder, workers=self.workers, decrypt_workers=self.decrypt_workers,
-                short_exponent=self.short_exponent)
-        return self._model_client
-
-    def get_properties(self, config):
-        """Delegate to the wrapped client."""
-        return self.client.get_properties(config)
-
-    def get_parameters(self, config):
-        """Delegate to the wrapped client (the initial model only; see the class notes)."""
-        return self.client.get_parameters(config)
+        return self.sum_client()
 
     def fit(self, parameters, config):
         """Decrypt the global model, train the wrapped client, return its encrypted share.
@@ -135,13 +96,7 @@ class PaillierNumPyClient(PaillierClientSettings, NumPyClient):
         """
         spec = self._spec(config)
         if spec is None:
-            phase = str(config.get(PHASE_KEY, "main"))
-            if not self.allows_plaintext(phase):
-                raise ValueError(
-                    "PaillierNumPyClient: the server did not ask for a secure sum (no "
-                    f"'{SPEC_CONFIG_KEY}' in the fit config); refusing to send plaintext "
-                    f"weights (phase {phase!r}). Wrap the server strategy in "
-                    "SecureFedAvgCompat, or list the phase in plaintext_phases.")
+            self.check_plaintext_allowed(config, SPEC_CONFIG_KEY)
             return self.client.fit(parameters, config)
         model_client = self.model_client()
         model_client.prepare(spec)            # randomness computes while the client trains

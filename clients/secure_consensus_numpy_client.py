@@ -28,16 +28,11 @@ fit config the wrapper raises instead of letting plaintext predictions leave the
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from logging import ERROR, INFO
-from pathlib import Path
 
 import numpy as np
-from flwr.app import Context
-from flwr.client import NumPyClient
 from flwr.common.logger import log
 
-from flhet_strategies.consensus_server import PHASE_KEY
 from flhet_strategies.core.distillation import PLAN_ARRAY_KEYS
 from flhet_strategies.core.secure_consensus import (
     DECRYPT_FAILED_METRIC,
@@ -48,13 +43,13 @@ from flhet_strategies.core.secure_consensus import (
     SecureConsensusSpec,
 )
 from flhet_strategies.core.secure_consensus_client import ConsensusSumClient
-from flhet_strategies.core.secure_sum import KeyHolder, SecureSumError
+from flhet_strategies.core.secure_sum import SecureSumError
 from flhet_strategies.secure_consensus_compat import DECRYPT_ERROR_METRIC, SECURE_PLAN_ARRAY_KEYS
 
-from .mods.paillier_base import KEY_PATH_NODE_CONFIG, PaillierClientSettings
+from .paillier_numpy_base import PaillierNumPyBase
 
 
-class SecureConsensusNumPyClient(PaillierClientSettings, NumPyClient):
+class SecureConsensusNumPyClient(PaillierNumPyBase):
     """Wrap a distillation ``NumPyClient`` so that its predictions leave it only encrypted.
 
     Parameters
@@ -88,48 +83,9 @@ class SecureConsensusNumPyClient(PaillierClientSettings, NumPyClient):
     ...     return SecureConsensusNumPyClient(inner, context=context).to_client()
     """
 
-    # pylint: disable=too-many-arguments
-    def __init__(
-        self,
-        client: NumPyClient,
-        key_path: str | Path | None = None,
-        *,
-        key_holder: KeyHolder | None = None,
-        context: Context | None = None,
-        node_config_key: str = KEY_PATH_NODE_CONFIG,
-        workers: int = 1,
-        decrypt_workers: int | None = None,
-        short_exponent: bool = True,
-        require_secure: bool = True,
-        plaintext_phases: Collection[str] = (),
-    ) -> None:
-        if not isinstance(client, NumPyClient):
-            raise TypeError(f"client must be a NumPyClient, got {type(client).__name__}")
-        self._init_paillier_settings(key_path, key_holder, node_config_key, workers,
-                                     decrypt_workers, short_exponent, require_secure,
-                                     plaintext_phases)
-        self.client = client
-        self._context = context
-        self._sum_client: ConsensusSumClient | None = None
-
-    def sum_client(self) -> ConsensusSumClient:
-        """This client's :class:`.ConsensusSumClient` (the key is loaded on first use)."""
-        if self._sum_client is None:
-            context = self._context
-            holder = self.resolve_key_holder(context.node_config if context else {},
-                                             context.run_config if context else {})
-            self._sum_client = ConsensusSumClient(
-                holder, workers=self.workers, decrypt_workers=self.decrypt_workers,
-                short_exponent=self.short_exponent)
-        return self._sum_client
-
-    def get_properties(self, config):
-        """Delegate to the wrapped client."""
-        return self.client.get_properties(config)
-
-    def get_parameters(self, config):
-        """Delegate to the wrapped client (a distillation client has no shared model)."""
-        return self.client.get_parameters(config)
+    sum_client_type = ConsensusSumClient
+    plaintext_what = "predictions"
+    server_wrapper = "SecureConsensusCompat"
 
     # ------------------------------------------------------------------ fit
 
@@ -151,13 +107,7 @@ class SecureConsensusNumPyClient(PaillierClientSettings, NumPyClient):
             client's reply does not fit the spec.
         """
         if SPEC_CONFIG_KEY not in config:
-            phase = str(config.get(PHASE_KEY, "main"))
-            if not self.allows_plaintext(phase):
-                raise ValueError(
-                    "SecureConsensusNumPyClient: the server did not ask for a secure sum (no "
-                    f"'{SPEC_CONFIG_KEY}' in the fit config); refusing to send plaintext "
-                    f"predictions (phase {phase!r}). Wrap the server strategy in "
-                    "SecureConsensusCompat, or list the phase in plaintext_phases.")
+            self.check_plaintext_allowed(config, SPEC_CONFIG_KEY)
             return self.client.fit(parameters, config)
         spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
         if len(parameters) != len(SECURE_PLAN_ARRAY_KEYS):

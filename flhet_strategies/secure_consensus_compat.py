@@ -72,9 +72,8 @@ from .core.secure_consensus import (
     ENCRYPTED_CONTRIBUTION_ARRAY,
     SEALED_CONSENSUS_ARRAY,
     SPEC_CONFIG_KEY,
-    SecureConsensusSpec,
 )
-from .secure_consensus_server import DecryptRequest, SecureConsensusServer
+from .secure_consensus_server import DecryptRequest, SecureConsensusServer, SecureConsensusViews
 
 SECURE_PLAN_ARRAY_KEYS = PLAN_ARRAY_KEYS + (ENCRYPTED_CONSENSUS_ARRAY, SEALED_CONSENSUS_ARRAY)
 """Order of the ``FitIns`` arrays of a secure round (absent ones are empty ``uint8``)."""
@@ -95,7 +94,7 @@ def _named_reply(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {f"array_{i}": array for i, array in enumerate(arrays)}
 
 
-class SecureConsensusCompat(Strategy):
+class SecureConsensusCompat(SecureConsensusViews, Strategy):
     """Compat-API logit-consensus distillation where the server only sees ciphertexts.
 
     Parameters
@@ -148,37 +147,6 @@ class SecureConsensusCompat(Strategy):
 
     def __repr__(self) -> str:
         return f"SecureConsensusCompat({self.strategy!r}, key={self.secure.fingerprint})"
-
-    # ------------------------------------------------------------------ views
-
-    @property
-    def server(self):
-        """The inner strategy's :class:`~flhet_strategies.consensus_server.ConsensusServer`."""
-        return self.strategy.server
-
-    @property
-    def public_key(self) -> PaillierPublicKey:
-        """The public key shares are encrypted under."""
-        return self.secure.public_key
-
-    @property
-    def decryption(self) -> str:
-        """``"delegate"`` or ``"every_client"``."""
-        return self.secure.decryption
-
-    @property
-    def history(self) -> list[dict]:
-        """The inner strategy's per-round history (with ``consensus_decryption``)."""
-        return self.strategy.history
-
-    @property
-    def encrypted_consensus(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The latest ``(consensus_indices, encrypted sum as uint8)``; ``None`` before any."""
-        return self.secure.encrypted_consensus
-
-    def spec(self, server_round: int, max_summands: int) -> SecureConsensusSpec:
-        """The secure consensus spec of a round with ``max_summands`` sampled clients."""
-        return self.secure.spec(server_round, max_summands)
 
     # ------------------------------------------------------------------ training
 

@@ -410,4 +410,50 @@ class SecureConsensusServer:
         return {cid: float(w) for (cid, _, _), w in zip(shares, counts / counts.sum())}
 
 
-__all__ = ["DECRYPTION_MODES", "DecryptRequest", "SecureConsensusServer"]
+class SecureConsensusViews:
+    """What both Flower faces of a secure consensus expose of their state (a mixin).
+
+    A subclass sets ``strategy`` (the inner strategy, which has ``server`` and
+    ``history``) and ``secure`` (its :class:`SecureConsensusServer`).
+    """
+
+    strategy: object
+    secure: SecureConsensusServer
+
+    @property
+    def server(self) -> ConsensusServer:
+        """The inner strategy's :class:`~flhet_strategies.consensus_server.ConsensusServer`."""
+        return self.strategy.server
+
+    @property
+    def public_key(self) -> PaillierPublicKey:
+        """The public key shares are encrypted under."""
+        return self.secure.public_key
+
+    @property
+    def decryption(self) -> str:
+        """``"delegate"`` or ``"every_client"``."""
+        return self.secure.decryption
+
+    @property
+    def history(self) -> list[dict]:
+        """The inner strategy's per-round history.
+
+        Each entry also holds ``consensus_decryption``: how the consensus the round's
+        clients received was decrypted (``"delegated"``, ``"every_client"``, or ``None``
+        in a round without one). ``weights`` are the client weights ``w_i``; per-class
+        votes stay inside the encryption.
+        """
+        return self.strategy.history
+
+    @property
+    def encrypted_consensus(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The latest ``(consensus_indices, encrypted sum as uint8)``; ``None`` before any."""
+        return self.secure.encrypted_consensus
+
+    def spec(self, server_round: int, max_summands: int) -> SecureConsensusSpec:
+        """The secure consensus spec of a round with ``max_summands`` sampled clients."""
+        return self.secure.spec(server_round, max_summands)
+
+
+__all__ = ["DECRYPTION_MODES", "DecryptRequest", "SecureConsensusServer", "SecureConsensusViews"]

@@ -51,7 +51,6 @@ from .core.secure_consensus import (
     DECRYPT_REQUEST_KEY,
     SEALED_CONSENSUS_ARRAY,
     SPEC_CONFIG_KEY,
-    SecureConsensusSpec,
 )
 from .message_api import (
     CONFIG_KEY,
@@ -60,10 +59,15 @@ from .message_api import (
     client_results,
 )
 from .records import arrays_to_record, record_to_arrays
-from .secure_consensus_server import DECRYPTION_MODES, DecryptRequest, SecureConsensusServer
+from .secure_consensus_server import (
+    DECRYPTION_MODES,
+    DecryptRequest,
+    SecureConsensusServer,
+    SecureConsensusViews,
+)
 
 
-class SecureConsensus(Strategy):
+class SecureConsensus(SecureConsensusViews, Strategy):
     """Logit-consensus distillation where the server only ever sees ciphertexts.
 
     Parameters
@@ -131,41 +135,6 @@ class SecureConsensus(Strategy):
         return f"SecureConsensus({type(self.strategy).__name__}, key={self.secure.fingerprint})"
 
     # ------------------------------------------------------------------ delegation
-
-    @property
-    def server(self):
-        """The inner strategy's :class:`~flhet_strategies.consensus_server.ConsensusServer`."""
-        return self.strategy.server
-
-    @property
-    def public_key(self) -> PaillierPublicKey:
-        """The public key shares are encrypted under."""
-        return self.secure.public_key
-
-    @property
-    def decryption(self) -> str:
-        """``"delegate"`` or ``"every_client"``."""
-        return self.secure.decryption
-
-    @property
-    def history(self) -> list[dict]:
-        """The inner strategy's per-round history.
-
-        Each entry also holds ``consensus_decryption``: how the consensus the round's
-        clients received was decrypted (``"delegated"``, ``"every_client"``, or ``None``
-        in a round without one). ``weights`` are the client weights ``w_i``; per-class
-        votes stay inside the encryption.
-        """
-        return self.strategy.history
-
-    @property
-    def encrypted_consensus(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The latest ``(consensus_indices, encrypted sum as uint8)``; ``None`` before any."""
-        return self.secure.encrypted_consensus
-
-    def spec(self, server_round: int, max_summands: int) -> SecureConsensusSpec:
-        """The secure consensus spec of a round with ``max_summands`` sampled clients."""
-        return self.secure.spec(server_round, max_summands)
 
     def summary(self) -> None:
         """Log the secure-sum settings, then the inner strategy's."""

@@ -2,8 +2,8 @@
 
 :class:`PaillierClientSettings` is mixed into the Message-API mods
 (:class:`~clients.mods.paillier_consensus.PaillierConsensusMod`,
-:class:`~clients.mods.paillier_fedavg.PaillierFedAvgMod`) and the compat wrapper
-(:class:`~clients.paillier_numpy_client.PaillierNumPyClient`), so that they validate
+:class:`~clients.mods.paillier_fedavg.PaillierFedAvgMod`) and the compat wrappers
+(:class:`~clients.paillier_numpy_base.PaillierNumPyBase`), so that they validate
 their options, find their private key and decide what may leave in clear the same way.
 """
 
@@ -24,9 +24,9 @@ KEY_PATH_NODE_CONFIG = "paillier-key-path"
 class PaillierClientSettings:
     """Key source and options of a Paillier client wrapper (a mixin).
 
-    The mods inherit ``__init__``; a wrapper with more parameters (the compat
-    ``NumPyClient`` s) calls :meth:`_init_paillier_settings` from its own. The
-    parameters are documented on each wrapper.
+    The mods inherit ``__init__``; the compat ``NumPyClient`` s
+    (:class:`~clients.paillier_numpy_base.PaillierNumPyBase`) pass their keyword options
+    on to it. The parameters are documented on each wrapper.
 
     Attributes
     ----------
@@ -60,22 +60,6 @@ class PaillierClientSettings:
         short_exponent: bool = True,
         require_secure: bool = True,
         plaintext_phases: Collection[str] = (),
-    ) -> None:
-        self._init_paillier_settings(key_path, key_holder, node_config_key, workers,
-                                     decrypt_workers, short_exponent, require_secure,
-                                     plaintext_phases)
-
-    # pylint: disable=too-many-arguments
-    def _init_paillier_settings(
-        self,
-        key_path: str | Path | None,
-        key_holder: KeyHolder | None,
-        node_config_key: str,
-        workers: int,
-        decrypt_workers: int | None,
-        short_exponent: bool,
-        require_secure: bool,
-        plaintext_phases: Collection[str],
     ) -> None:
         """Validate and store the settings.
 

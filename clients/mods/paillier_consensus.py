@@ -77,24 +77,10 @@ from flhet_strategies.core.secure_consensus import (
     SEALED_CONSENSUS_ARRAY,
     SPEC_CONFIG_KEY,
     SecureConsensusSpec,
-    consensus_context,
-    consensus_from_bytes,
 )
-from flhet_strategies.core.secure_sum import (
-    EncryptedVector,
-    GroupSeal,
-    KeyHolder,
-    RandomnessPool,
-    SecureSumCodec,
-    SecureSumError,
-)
-from flhet_strategies.core.secure_sum.client_cache import (
-    check_key_fingerprint,
-    clear_client_caches,
-    shared_randomness_pool,
-)
-from flhet_strategies.core.secure_sum.client_cache import top_up as _top_up
-from flhet_strategies.core.secure_sum.encrypt import available_cores
+from flhet_strategies.core.secure_consensus_client import ConsensusSumClient
+from flhet_strategies.core.secure_sum import SecureSumError
+from flhet_strategies.core.secure_sum.client_cache import clear_client_caches
 from flhet_strategies.message_api import CONFIG_KEY, METRICS_KEY, PLAN_KEY, REPLY_KEY
 from flhet_strategies.records import arrays_to_record, record_to_arrays
 
@@ -175,31 +161,25 @@ class PaillierConsensusMod(PaillierClientSettings):
                 "SecureConsensus, or list the phase in the mod's plaintext_phases.")
         try:
             spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
-            holder = self.key_holder_for(context)
-            _check_key(spec, holder)
-            pool = self._pool(holder)
-            codec = spec.codec(holder.public_key, pool)
+            sums = self.sum_client(context)
+            sums.prepare(spec)  # randomness computes while the consensus decrypts and the app trains
         except (ValueError, TypeError, OSError, SecureSumError) as error:
             return _error_reply(msg, f"PaillierConsensusMod: {error}")
-        _top_up(pool, codec.num_ciphertexts)  # runs while the consensus decrypts and the app trains
-        failure = self._decrypt_plan(msg, holder, spec)
+        failure = self._decrypt_plan(msg, sums, spec)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
         try:
-            return self._encrypt_reply(reply, spec, codec, failure)
+            return self._encrypt_reply(reply, spec, sums, failure)
         except (ValueError, SecureSumError) as error:
             return _error_reply(msg, f"PaillierConsensusMod: {error}")
-        finally:
-            _top_up(pool, codec.num_ciphertexts)  # for the next message this process serves
 
-    # ------------------------------------------------------------------ keys and randomness
-
-    def _decrypt_workers(self) -> int:
-        return self.decrypt_workers or available_cores()
-
-    def _pool(self, holder: KeyHolder) -> RandomnessPool:
-        return shared_randomness_pool(holder, self.short_exponent, self.workers)
+    def sum_client(self, context: Context) -> ConsensusSumClient:
+        """This node's :class:`.ConsensusSumClient` (key from ``key_path``/``key_holder``/config;
+        key and randomness pool are cached per process)."""
+        return ConsensusSumClient(self.key_holder_for(context), workers=self.workers,
+                                  decrypt_workers=self.decrypt_workers,
+                                  short_exponent=self.short_exponent)
 
     # ------------------------------------------------------------------ the two halves
 
@@ -211,17 +191,14 @@ class PaillierConsensusMod(PaillierClientSettings):
             if SPEC_CONFIG_KEY not in config:
                 raise ValueError(f"the decryption request has no '{SPEC_CONFIG_KEY}'")
             spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
-            holder = self.key_holder_for(context)
-            _check_key(spec, holder)
+            sums = self.sum_client(context)
+            sums.check(spec)
             arrays = record_to_arrays(msg.content.array_records[DECRYPT_REQUEST_KEY])
             if ENCRYPTED_CONSENSUS_ARRAY not in arrays or "consensus_indices" not in arrays:
                 raise ValueError("the decryption request lacks the encrypted sum or its indices")
             indices = np.asarray(arrays["consensus_indices"], dtype=np.int64)
-            consensus, num_summands = _decrypt_consensus(
-                arrays[ENCRYPTED_CONSENSUS_ARRAY], indices, holder, spec, self._decrypt_workers())
-            sealed = GroupSeal(holder).seal(
-                consensus.tobytes(),
-                consensus_context(spec.key_fingerprint, indices, spec.num_classes))
+            consensus, num_summands = sums.decrypt(spec, arrays[ENCRYPTED_CONSENSUS_ARRAY], indices)
+            sealed = sums.seal(spec, consensus, indices)
         except (ValueError, TypeError, OSError, SecureSumError) as error:
             return _error_reply(msg, f"PaillierConsensusMod: cannot decrypt for the cohort: "
                                 f"{error}")
@@ -233,7 +210,8 @@ class PaillierConsensusMod(PaillierClientSettings):
             METRICS_KEY: MetricRecord({"num-summands": num_summands, "decrypt-seconds": seconds}),
         }), reply_to=msg)
 
-    def _decrypt_plan(self, msg: Message, holder: KeyHolder,
+    @staticmethod
+    def _decrypt_plan(msg: Message, sums: ConsensusSumClient,
                       spec: SecureConsensusSpec) -> str | None:
         record = msg.content.array_records.get(PLAN_KEY)
         if record is None or not {ENCRYPTED_CONSENSUS_ARRAY, SEALED_CONSENSUS_ARRAY} & set(record):
@@ -247,13 +225,10 @@ class PaillierConsensusMod(PaillierClientSettings):
         failure = None
         try:
             if sealed is not None:   # one client decrypted for everyone: open the seal
-                data = GroupSeal(holder).unseal(
-                    sealed, consensus_context(spec.key_fingerprint, indices, spec.num_classes))
-                arrays["consensus"] = consensus_from_bytes(data, len(indices), spec.num_classes)
+                arrays["consensus"] = sums.open_seal(spec, sealed, indices)
                 how = "opened the sealed consensus"
             else:
-                arrays["consensus"], num_summands = _decrypt_consensus(
-                    encrypted, indices, holder, spec, self._decrypt_workers())
+                arrays["consensus"], num_summands = sums.decrypt(spec, encrypted, indices)
                 how = f"decrypted the consensus of {num_summands} clients"
             log(INFO, "PaillierConsensusMod: %s in %.2f s", how, time.perf_counter() - start)
         except (ValueError, SecureSumError) as error:
@@ -265,7 +240,8 @@ class PaillierConsensusMod(PaillierClientSettings):
         msg.content[PLAN_KEY] = arrays_to_record(arrays)
         return failure
 
-    def _encrypt_reply(self, reply: Message, spec: SecureConsensusSpec, codec: SecureSumCodec,
+    @staticmethod
+    def _encrypt_reply(reply: Message, spec: SecureConsensusSpec, sums: ConsensusSumClient,
                        failure: str | None) -> Message:
         records = reply.content.array_records
         if REPLY_KEY not in records or "logits" not in records[REPLY_KEY]:
@@ -275,34 +251,15 @@ class PaillierConsensusMod(PaillierClientSettings):
         arrays = record_to_arrays(records[REPLY_KEY])
         logits = arrays.pop("logits")
         counts = arrays.pop("class_counts", None)
-        if counts is None:
-            if spec.class_vote_weighting:
-                raise ValueError("per-class votes need the reply's 'class_counts'")
-            counts = np.ones(spec.num_classes, dtype=np.int64)
         metrics = dict(reply.content.metric_records.get(METRICS_KEY, MetricRecord()))
-        start = time.perf_counter()
-        vector = spec.encode(logits, counts, metrics.get("num-examples", 0))
-        encrypted = codec.encrypt(vector)
-        arrays[ENCRYPTED_CONTRIBUTION_ARRAY] = encrypted.to_array()
+        share = sums.encrypt(spec, logits, counts, metrics.get("num-examples", 0))
+        arrays[ENCRYPTED_CONTRIBUTION_ARRAY] = share.payload
         reply.content[REPLY_KEY] = arrays_to_record(arrays)
         if failure is not None:
             reply.content[METRICS_KEY] = MetricRecord({**metrics, DECRYPT_FAILED_METRIC: 1.0})
         log(INFO, "PaillierConsensusMod: encrypted %s values into %s ciphertexts in %.2f s",
-            spec.num_values, codec.num_ciphertexts, time.perf_counter() - start)
+            spec.num_values, share.num_ciphertexts, share.seconds)
         return reply
-
-
-def _check_key(spec: SecureConsensusSpec, holder: KeyHolder) -> None:
-    check_key_fingerprint(spec.key_fingerprint, holder)
-
-
-def _decrypt_consensus(encrypted: np.ndarray, indices: np.ndarray, holder: KeyHolder,
-                       spec: SecureConsensusSpec, workers: int) -> tuple[np.ndarray, int]:
-    """Decrypt and decode an encrypted sum; return the consensus and the summand count."""
-    vector = EncryptedVector.from_array(encrypted, holder.public_key)
-    spec.check_sum_layout(vector.layout, len(indices))
-    result = spec.decode(holder.decrypt_sum(vector, workers=workers), vector.num_summands)
-    return result.consensus, vector.num_summands
 
 
 def clear_caches() -> None:
