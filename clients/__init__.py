@@ -5,6 +5,8 @@
   scikit-learn models (implement :class:`Learner` for anything else).
 - :class:`DistillationNumPyClient` -- compat-API ``NumPyClient`` shell.
 - :class:`PaillierNumPyClient` -- wraps any ``NumPyClient`` for secure (Paillier) FedAvg.
+- :class:`DpUpdateNumPyClient` -- wraps any ``NumPyClient`` for distributed-DP FedAvg
+  (clipped update plus a noise share; compat face of ``clients.mods.DpUpdateNoiseMod``).
 - :class:`SecureConsensusNumPyClient` -- wraps a :class:`DistillationNumPyClient` for the
   Paillier secure consensus (compat face of ``clients.mods.PaillierConsensusMod``).
 - :func:`distillation_client_app` -- Message-API ``ClientApp`` shell.
@@ -21,6 +23,7 @@ _EXPORTS = {
     "DistillTarget": "clients.learners.base",
     "DistillationNumPyClient": "clients.numpy_client",
     "PaillierNumPyClient": "clients.paillier_numpy_client",
+    "DpUpdateNumPyClient": "clients.dp_update_numpy_client",
     "SecureConsensusNumPyClient": "clients.secure_consensus_numpy_client",
     "distillation_client_app": "clients.client_app",
 }

@@ -14,7 +14,8 @@ Public API (imported lazily, so ``flhet_strategies.core`` stays free of Flower):
   compat) so that the server only multiplies Paillier ciphertexts of the clients' weights
   (clients run ``clients.mods.PaillierFedAvgMod`` / ``clients.PaillierNumPyClient``).
 - :class:`DpFedAvg` / :class:`DpFedAvgCompat` -- Flower's fixed-clipping DP wrappers
-  around FedAvg (Message API / compat) with per-round epsilon and an epsilon budget;
+  around FedAvg (Message API / compat) with per-round epsilon and an epsilon budget
+  (``clipping="distributed"``: the clients add the noise as shares);
   :class:`RoundBudget` -- the API-neutral budget they share.
 """
 

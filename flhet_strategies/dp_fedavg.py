@@ -38,6 +38,19 @@ does, ``random.sample`` without replacement) and ``m`` is the declared
 
 Client-side clipping (``clipping="client"``) needs Flower's ``fixedclipping_mod`` in the
 ClientApp: ``ClientApp(mods=[flwr.clientapp.mod.fixedclipping_mod])``.
+
+Distributed noise (``clipping="distributed"``)
+----------------------------------------------
+No Flower wrapper: the clients clip their updates and each adds its share
+``N(0, (z S)^2 / m)`` (:class:`clients.mods.dp_update_noise.DpUpdateNoiseMod`, or
+:class:`clients.dp_update_numpy_client.DpUpdateNumPyClient` on the compat face), and the
+inner strategy averages as usual. The server sends ``z``, ``S`` and the round's real
+cohort size ``m`` in every train config (keys
+:data:`flhet_strategies.core.dp.update_noise.UPDATE_NOISE_KEYS`) and gives the ledger
+:func:`~flhet_strategies.privacy.round_budget.distributed_mean_noise_multiplier`
+``z * sqrt(sum w_i^2 / m) / max w_i``. The guarantee holds for whoever sees only the
+mean; the server itself sees each reply with noise multiplier ``z / sqrt(m)``, so pair
+it with secure aggregation where the server is not trusted.
 """
 
 from __future__ import annotations
@@ -58,13 +71,20 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from .privacy.round_budget import PrivacyViews, RoundBudget, mean_noise_multiplier
+from .core.dp.update_noise import UpdateNoiseSettings
+from .privacy.round_budget import (
+    PrivacyViews,
+    RoundBudget,
+    distributed_mean_noise_multiplier,
+    mean_noise_multiplier,
+)
 
 __all__ = ["CLIPPING_MODES", "DpFedAvg"]
 
-CLIPPING_MODES = ("server", "client")
-"""Where updates are clipped: by Flower's server-side wrapper, or by the clients'
-``fixedclipping_mod``."""
+CLIPPING_MODES = ("server", "client", "distributed")
+"""Where updates are clipped: by Flower's server-side wrapper, by the clients'
+``fixedclipping_mod`` (both with server noise), or by the clients together with their
+noise shares (``DpUpdateNoiseMod`` / ``DpUpdateNumPyClient``)."""
 
 
 class DpBudgetSettings(PrivacyViews):
@@ -130,13 +150,23 @@ class DpBudgetSettings(PrivacyViews):
 
         ``server_side`` / ``client_side`` are the face's
         ``DifferentialPrivacy{Server,Client}SideFixedClipping`` classes; ``clipping``
-        picks one.
+        picks one. With ``"distributed"`` there is no wrapper: ``dp_strategy`` is the
+        inner strategy itself.
         """
         self.strategy = strategy
+        self._cohorts: dict[int, int] = {}
+        if self.clipping == "distributed":
+            self._noise_config(self.num_sampled_clients)  # validates clipping_norm now
+            self.dp_strategy = strategy
+            return
         wrapper = server_side if self.clipping == "server" else client_side
         self.dp_strategy = wrapper(strategy, self.noise_multiplier, self.clipping_norm,
                                    self.num_sampled_clients)
-        self._cohorts: dict[int, int] = {}
+
+    def _noise_config(self, cohort: int) -> dict[str, float | int]:
+        """Train-config entries asking each of ``cohort`` clients for its noise share."""
+        return UpdateNoiseSettings(self.noise_multiplier, self.clipping_norm,
+                                   cohort).to_config()
 
     def _admit_round(self, server_round: int, cohort: int, num_connected: int) -> bool:
         """Whether the budget allows a round of ``cohort`` clients (then it is remembered).
@@ -177,14 +207,18 @@ class DpBudgetSettings(PrivacyViews):
         return min(self.num_sampled_clients, budget.population_size)
 
     def _check_cohort(self, server_round: int, cohort: int) -> None:
-        if cohort != self.num_sampled_clients:
+        if cohort != self.num_sampled_clients and self.clipping != "distributed":
             log(WARNING, "Round %d sampled %d clients but the noise is calibrated for "
                 "num_sampled_clients=%d; epsilon is accounted for what the mean carries",
                 server_round, cohort, self.num_sampled_clients)
 
     def _record_release(self, server_round: int, cohort: int, weights: list[float]) -> None:
         """Account a released aggregate of replies with these aggregation weights."""
-        z_eff = mean_noise_multiplier(self.noise_multiplier, self.num_sampled_clients, weights)
+        if self.clipping == "distributed":
+            z_eff = distributed_mean_noise_multiplier(self.noise_multiplier, cohort, weights)
+        else:
+            z_eff = mean_noise_multiplier(self.noise_multiplier, self.num_sampled_clients,
+                                          weights)
         if len(set(weights)) > 1:
             log(WARNING, "Round %d: unequal aggregation weights lower the effective noise "
                 "multiplier from %s to %.4f", server_round, self.noise_multiplier, z_eff)
@@ -219,9 +253,11 @@ class DpFedAvg(DpBudgetSettings, Strategy):
         The budget. ``start`` runs only the rounds that fit; without it every round
         runs and epsilon is still recorded.
     clipping : str (default: "server")
-        ``"server"`` (:class:`~flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping`)
-        or ``"client"`` (``...ClientSideFixedClipping``; the ClientApp needs
-        ``fixedclipping_mod``).
+        ``"server"`` (:class:`~flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping`),
+        ``"client"`` (``...ClientSideFixedClipping``; the ClientApp needs
+        ``fixedclipping_mod``) or ``"distributed"`` (no wrapper; the ClientApp needs
+        :class:`clients.mods.dp_update_noise.DpUpdateNoiseMod`, which clips and adds
+        each client's noise share).
     population_size : int, optional
         ``N``; by default the nodes connected when ``start`` runs (at least ``m`` and
         the inner strategy's ``min_available_nodes``).
@@ -237,7 +273,8 @@ class DpFedAvg(DpBudgetSettings, Strategy):
     strategy : Strategy
         The inner strategy.
     dp_strategy : Strategy
-        Flower's DP wrapper around it, which does the clipping and noising.
+        Flower's DP wrapper around it, which does the clipping and noising (the inner
+        strategy itself with ``clipping="distributed"``).
     budget : RoundBudget or None
         The accounting (created when the population is known).
     privacy_history : list[dict]
@@ -340,19 +377,34 @@ class DpFedAvg(DpBudgetSettings, Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Let Flower's wrapper sample the round; no messages if the budget refuses it."""
+        """Let Flower's wrapper sample the round; no messages if the budget refuses it.
+
+        With ``clipping="distributed"`` the inner strategy samples, and every message's
+        config gets ``z``, ``S`` and the round's cohort size.
+        """
         if self._stopped(server_round):
             return []
         messages = list(self.dp_strategy.configure_train(server_round, arrays, config, grid))
         if messages and not self._admit_round(server_round, len(messages),
                                               len(list(grid.get_node_ids()))):
             return []
+        if self.clipping == "distributed":
+            noise_config = self._noise_config(len(messages))
+            for message in messages:
+                records = message.content.config_records
+                if not records:
+                    message.content["config"] = ConfigRecord(noise_config)
+                for record in records.values():
+                    record.update(noise_config)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Let Flower's wrapper clip, aggregate and noise; account the release.
+
+        With ``clipping="distributed"`` the inner strategy averages the clients' noisy
+        replies.
 
         Returns
         -------

@@ -25,6 +25,12 @@ released parameters stay the global model). Size ``num_rounds`` beforehand with
 
 Client-side clipping needs Flower's ``fixedclipping_mod``:
 ``ClientApp(client_fn=..., mods=[flwr.client.mod.fixedclipping_mod])``.
+
+Distributed noise (``clipping="distributed"``): no Flower wrapper; every ``FitIns``
+config gets ``z``, ``S`` and the round's cohort size ``m``, the clients are wrapped in
+:class:`clients.dp_update_numpy_client.DpUpdateNumPyClient` (clipping plus a noise share
+``N(0, (z S)^2 / m)``) and the inner strategy averages their replies (see
+:mod:`flhet_strategies.dp_fedavg`).
 """
 
 from __future__ import annotations
@@ -66,7 +72,9 @@ class DpFedAvgCompat(DpBudgetSettings, Strategy):
     max_epsilon : float, optional
         The budget; rounds past it are skipped (no clients configured).
     clipping : str (default: "server")
-        ``"server"`` or ``"client"`` (the ClientApp then needs ``fixedclipping_mod``).
+        ``"server"``, ``"client"`` (the ClientApp then needs ``fixedclipping_mod``) or
+        ``"distributed"`` (no Flower wrapper; the clients are wrapped in
+        :class:`clients.dp_update_numpy_client.DpUpdateNumPyClient`).
     population_size : int, optional
         ``N``; by default the clients available at the first ``configure_fit``.
     fraction : float, optional
@@ -77,7 +85,7 @@ class DpFedAvgCompat(DpBudgetSettings, Strategy):
     strategy : Strategy
         The inner strategy.
     dp_strategy : Strategy
-        Flower's DP wrapper around it.
+        Flower's DP wrapper around it (the inner strategy with ``"distributed"``).
     budget : RoundBudget or None
         The accounting (created when the population is known).
     privacy_history : list[dict]
@@ -127,13 +135,21 @@ class DpFedAvgCompat(DpBudgetSettings, Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Let Flower's wrapper sample the round; ``[]`` if the budget refuses it."""
+        """Let Flower's wrapper sample the round; ``[]`` if the budget refuses it.
+
+        With ``clipping="distributed"`` every ``FitIns`` config (a copy) also gets ``z``,
+        ``S`` and the round's cohort size.
+        """
         if self._stopped(server_round):
             return []
         instructions = self.dp_strategy.configure_fit(server_round, parameters, client_manager)
         if instructions and not self._admit_round(server_round, len(instructions),
                                                   client_manager.num_available()):
             return []
+        if self.clipping == "distributed":
+            noise_config = self._noise_config(len(instructions))
+            instructions = [(proxy, FitIns(ins.parameters, {**ins.config, **noise_config}))
+                            for proxy, ins in instructions]
         return instructions
 
     def aggregate_fit(

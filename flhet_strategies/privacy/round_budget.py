@@ -21,7 +21,8 @@ fraction samples a fixed-size cohort without replacement, as Flower's ``FedAvg``
 
 :func:`mean_noise_multiplier` converts the noise multiplier of a weighted *mean* whose
 noise was calibrated for ``m`` equal shares (Flower's DP wrappers) into the multiplier
-the released mean really carries.
+the released mean really carries; :func:`distributed_mean_noise_multiplier` does the same
+when the clients added the noise as shares (distributed DP).
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from flwr.common.logger import log
 
 from .accounting import SAMPLING_SCHEMES, PrivacyLedger
 
-__all__ = ["PrivacyViews", "RoundBudget", "mean_noise_multiplier", "sampling_for_fraction"]
+__all__ = [
+    "PrivacyViews",
+    "RoundBudget",
+    "distributed_mean_noise_multiplier",
+    "mean_noise_multiplier",
+    "sampling_for_fraction",
+]
 
 
 def sampling_for_fraction(fraction: float) -> str:
@@ -104,6 +111,45 @@ def mean_noise_multiplier(
     if not all(math.isfinite(w) and w >= 0 for w in values) or max(values) == 0:
         raise ValueError(f"weights must be finite, non-negative and not all zero, got {values}")
     return float(noise_multiplier) * sum(values) / (int(num_expected) * max(values))
+
+
+def distributed_mean_noise_multiplier(
+    noise_multiplier: float, num_shares: int, weights: Sequence[float]
+) -> float:
+    r"""Noise multiplier of a weighted mean of replies that each carry a noise share.
+
+    In distributed DP every one of the ``m`` clients told the cohort size adds
+    ``N(0, sigma^2 / m)``, ``sigma = z S``, to its clipped update; the server adds
+    nothing and forms :math:`\sum_i w_i (x_i + e_i) / W` over the ``n`` replies. That
+    mean's noise has standard deviation :math:`\sigma \sqrt{\sum_i w_i^2 / m} / W`, and
+    one client moves it by at most :math:`S \max_i w_i / W`, so it carries
+
+    .. math:: z_\text{eff} = z \frac{\sqrt{\sum_i w_i^2 / m}}{\max_i w_i}.
+
+    ``z`` for ``m`` equal weights; ``z sqrt(n / m)`` for ``n`` equal weights (dropouts,
+    as :func:`flhet_strategies.core.dp.gaussian.realized_noise_multiplier`); less for
+    unequal weights. The weights are treated as public, as the cohort size is.
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        ``z`` the clients' shares were calibrated for, positive.
+    num_shares : int
+        ``m``, the cohort size announced to the clients.
+    weights : Sequence[float]
+        The aggregation weights of the replies in the mean (non-negative, finite, not
+        all zero).
+
+    Returns
+    -------
+    float
+        ``z * sqrt(sum(w_i^2) / m) / max(w_i)``; give this to the ledger.
+    """
+    # mean_noise_multiplier validates the same arguments.
+    mean_noise_multiplier(noise_multiplier, num_shares, weights)
+    values = [float(w) for w in weights]
+    return float(noise_multiplier) * math.sqrt(sum(w * w for w in values) / int(num_shares)) \
+        / max(values)
 
 
 class RoundBudget:

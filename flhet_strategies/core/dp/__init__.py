@@ -7,6 +7,8 @@
 * :mod:`.postprocess` -- noisy probability rows back onto the simplex.
 * :mod:`.private_consensus` -- the DP combine step of the DS-FL consensus (central or
   distributed noise), used by ``ConsensusDistillation(privacy=...)``.
+* :mod:`.update_noise` -- one client's clipped model update plus its noise share
+  (distributed DP for FedAvg).
 
 Privacy accounting (epsilon, delta over rounds) lives in
 :mod:`flhet_strategies.privacy.accounting`, on Flower's ``RdpAccountant``.
@@ -38,6 +40,7 @@ from .sensitivity import (
     sensitivity_factor,
     sum_sensitivity,
 )
+from .update_noise import UPDATE_NOISE_KEYS, UpdateNoiseSettings, privatize_update
 
 __all__ = [
     "ADD_OR_REMOVE_ONE",
@@ -46,6 +49,8 @@ __all__ = [
     "NEIGHBOURING_RELATIONS",
     "PrivateConsensus",
     "REPLACE_ONE",
+    "UPDATE_NOISE_KEYS",
+    "UpdateNoiseSettings",
     "accounting_noise_multiplier",
     "add_central_noise",
     "add_noise_share",
@@ -58,6 +63,7 @@ __all__ = [
     "noisy_rows_to_probabilities",
     "payload_norm_bound",
     "prediction_payload_sensitivity",
+    "privatize_update",
     "realized_noise_multiplier",
     "sensitivity_factor",
     "sum_sensitivity",
