@@ -118,6 +118,13 @@ def default_budget(privacy, budget: RoundBudget | None, population: int,
     return RoundBudget(population, fraction=fraction, non_negative_payloads=True)
 
 
+def privacy_metrics(privacy: Mapping[str, float]) -> dict[str, float]:
+    """Round metrics ``epsilon`` and ``delta`` of a privacy entry (none without one)."""
+    if not privacy:
+        return {}
+    return {"epsilon": float(privacy["epsilon"]), "delta": float(privacy["delta"])}
+
+
 def client_id_of(metrics: Mapping[str, object], node_id: int | str) -> str:
     """The client's self-reported id if present, else its Flower node id."""
     value = metrics.get(CLIENT_ID_KEY)
@@ -254,11 +261,8 @@ class ConsensusServer:
         self.history.record_train(server_round, outcome, failures)
         privacy: dict[str, float] = {}
         if outcome.noise_multiplier is not None:
-            if self.budget is None:
-                raise RuntimeError("a private consensus was released without a RoundBudget")
-            privacy = self.budget.record(server_round, outcome.noise_multiplier, cohort)
-            privacy = {**privacy, "released_rows": int(len(outcome.consensus))}
-            self.history.record_privacy(server_round, privacy)
+            privacy = self.record_release(server_round, outcome.noise_multiplier,
+                                          int(len(outcome.consensus)))
         accepted = set(outcome.accepted)
         metrics: dict[str, float] = {
             "num-accepted": float(len(outcome.accepted)),
@@ -269,12 +273,52 @@ class ConsensusServer:
                       if r.client_id in accepted and key in r.metrics]
             if values:
                 metrics[key] = float(np.mean(values))
-        if privacy:
-            metrics.update(epsilon=float(privacy["epsilon"]), delta=float(privacy["delta"]))
+        metrics.update(privacy_metrics(privacy))
         if outcome.consensus is None:
             return None, metrics
         indices, consensus = self.protocol.consensus
         return {"consensus_indices": indices, "consensus": consensus}, metrics
+
+    def cohort_size(self, server_round: int) -> int | None:
+        """Clients sampled in ``server_round`` (``None`` before it was configured)."""
+        return self._cohorts.get(int(server_round))
+
+    def is_refused(self, server_round: int) -> bool:
+        """Whether :meth:`round_allowed` refused ``server_round``."""
+        return int(server_round) in self._refused
+
+    def record_release(self, server_round: int, noise_multiplier: float,
+                       released_rows: int | None = None) -> dict[str, float]:
+        """Compose a released private consensus into the budget and the round's history.
+
+        Parameters
+        ----------
+        server_round : int
+            The round.
+        noise_multiplier : float
+            The realized ``z`` of the release (fewer shares than the cohort carry less).
+        released_rows : int, optional
+            Rows released (unknown to a server that only sums ciphertexts).
+
+        Returns
+        -------
+        dict
+            The round's privacy entry (``epsilon``, ``delta``, ...), also written into
+            the history entry.
+
+        Raises
+        ------
+        RuntimeError
+            Without a :class:`RoundBudget`.
+        """
+        if self.budget is None:
+            raise RuntimeError("a private consensus was released without a RoundBudget")
+        privacy = self.budget.record(server_round, noise_multiplier,
+                                     self.cohort_size(server_round))
+        if released_rows is not None:
+            privacy = {**privacy, "released_rows": int(released_rows)}
+        self.history.record_privacy(server_round, privacy)
+        return privacy
 
     def should_evaluate(self, server_round: int) -> bool:
         """Whether clients evaluate after ``server_round``."""

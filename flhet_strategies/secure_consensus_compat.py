@@ -139,6 +139,11 @@ class SecureConsensusCompat(SecureConsensusViews, Strategy):
         if not isinstance(strategy, FedConsensusCompat):
             raise TypeError("SecureConsensusCompat wraps a FedConsensusCompat strategy, got "
                             f"{type(strategy).__name__}; for FedConsensus use SecureConsensus")
+        if strategy.server.protocol.privacy is not None:
+            raise ValueError(
+                "SecureConsensusCompat does not support differential privacy yet (the compat "
+                "client does not add noise shares before encrypting); use the Message API "
+                "(SecureConsensus with PaillierConsensusMod and DpPredictionsMod)")
         self.strategy = strategy
         self.secure = SecureConsensusServer(
             strategy.server, public_key, max_examples=max_examples,

@@ -18,6 +18,16 @@ Per round it
   into the inner strategy's history as rejections.
 
 It holds the public key only and never decrypts.
+
+Distributed differential privacy: when the inner strategy's protocol has
+``privacy=PrivateConsensus(mode="distributed")``, the round's spec carries it (signed
+noisy probabilities in a public bound, uniform weights, no votes: see
+:mod:`flhet_strategies.core.secure_consensus`), the inner strategy already sends the
+noise parameters (:meth:`.PrivateConsensus.client_config` of the cohort) with the train
+config, and every sum is composed into the inner strategy's :class:`.RoundBudget` with
+the realized noise multiplier (shares summed vs cohort), through
+:meth:`.ConsensusServer.record_release`, so each history entry carries ``epsilon`` and
+``delta``. Central DP is refused: the server would have to see the sum it noises.
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ import numpy as np
 from flwr.common.logger import log
 from phe import PaillierPublicKey
 
-from .consensus_server import NUM_EXAMPLES_KEY, ClientResult, ConsensusServer
+from .consensus_server import NUM_EXAMPLES_KEY, ClientResult, ConsensusServer, privacy_metrics
 from .core.distillation import AggregationOutcome
+from .core.dp.gaussian import realized_noise_multiplier
+from .core.dp.private_consensus import NOISY_PROBABILITIES_ARRAY
 from .core.payload import client_sort_key
 from .core.secure_consensus import (
     DECRYPT_FAILED_METRIC,
@@ -112,11 +124,15 @@ class SecureConsensusServer:
         ``"delegate"`` (one client per round decrypts and seals the consensus for the
         cohort) or ``"every_client"``.
 
+    With distributed DP in the inner protocol (``privacy``), clients are weighted
+    equally whatever the weight function (as without encryption).
+
     Raises
     ------
     ValueError
         If ``decryption`` is unknown, the consensus is not DS-FL, the weights are not
-        ones the clients can compute, or the bit budget does not fit.
+        ones the clients can compute, the bit budget does not fit, or the inner
+        protocol has central DP.
     TypeError
         If ``public_key`` is not a Paillier public key.
     """
@@ -136,7 +152,14 @@ class SecureConsensusServer:
         self.server = server
         self.public_key = validate_public_key(public_key)
         protocol = server.protocol
-        weighting = _WEIGHTINGS.get(protocol.weight_fn)
+        self.privacy = protocol.privacy
+        if self.privacy is not None and self.privacy.mode != "distributed":
+            raise ValueError(
+                f"a secure consensus supports distributed DP only, got mode "
+                f"{self.privacy.mode!r}: central DP needs the server to see the plaintext "
+                "sum it noises; use PrivateConsensus(mode='distributed')")
+        weighting = ("uniform" if self.privacy is not None
+                     else _WEIGHTINGS.get(protocol.weight_fn))
         if weighting is None:
             raise ValueError(
                 "a secure consensus needs weights the clients compute themselves: the inner "
@@ -173,13 +196,18 @@ class SecureConsensusServer:
             protocol.consensus_config, len(protocol.proxy_indices(server_round)),
             protocol.num_classes, max_summands, weighting=self.weighting,
             max_examples=self.max_examples, probability_bits=self.probability_bits,
-            vote_bits=self.vote_bits, key_fingerprint=self.fingerprint)
+            vote_bits=self.vote_bits, key_fingerprint=self.fingerprint,
+            privacy=self.privacy)
 
     def log_settings(self) -> None:
         """Log the secure-sum settings (a strategy's ``summary``)."""
         log(INFO, "\t├──> Paillier secure consensus: key %s, %s weights, %s-bit "
             "probabilities, votes up to %s bits, decryption %s", self.fingerprint,
             self.weighting, self.probability_bits, self.vote_bits, self.decryption)
+        if self.privacy is not None:
+            log(INFO, "\t├──> distributed DP inside the sum: noise multiplier %s, clip %s "
+                "(%s)", self.privacy.noise_multiplier, self.privacy.clip_norm,
+                self.privacy.clip_mode)
 
     # ------------------------------------------------------------------ training plan
 
@@ -326,6 +354,8 @@ class SecureConsensusServer:
             was accepted, and the round metrics (``num-accepted``, ``num-rejected``,
             ``num-decrypt-failed``, mean ``train_loss``/``kd_loss`` of the accepted).
         """
+        if self.server.is_refused(server_round):
+            return None, {}
         spec = self._specs.pop(int(server_round), None) or self.spec(server_round,
                                                                       max(1, len(results)))
         layout = spec.layout(self.public_key.n.bit_length() - 1)
@@ -370,6 +400,10 @@ class SecureConsensusServer:
                 metrics[key] = float(np.mean(values))
         if not accepted:
             return None, metrics
+        if self.privacy is not None:
+            realized = realized_noise_multiplier(self.privacy.noise_multiplier,
+                                                 spec.max_summands, len(accepted))
+            metrics.update(privacy_metrics(self.server.record_release(server_round, realized)))
         self._encrypted_sum = aggregator.result().to_array()
         self._sum_indices = self.server.protocol.proxy_indices(server_round)
         self._sum_round, self._last_spec = int(server_round), spec
@@ -380,7 +414,7 @@ class SecureConsensusServer:
 
     def _check_share(self, arrays: Mapping[str, np.ndarray], metrics: Mapping,
                      layout) -> EncryptedVector:
-        if "logits" in arrays or "class_counts" in arrays:
+        if {"logits", "class_counts", NOISY_PROBABILITIES_ARRAY} & set(arrays):
             raise ValueError(
                 "the reply carries plaintext predictions or class counts (discarded, never "
                 "aggregated): the client does not encrypt its share (it runs neither "

@@ -25,6 +25,12 @@ Each round:
    (:class:`.CiphertextAggregator`, public key only). Clients that dropped out are
    simply not in the sum, whose header carries how many are.
 
+With ``privacy=PrivateConsensus(mode="distributed")`` in the inner strategy the spec
+asks for distributed-DP shares (clients run ``PaillierConsensusMod`` with
+``DpPredictionsMod(encoding="probabilities")`` after it in the mods list), and every sum
+is accounted in the inner strategy's budget (``epsilon``/``delta`` in its history);
+central DP is refused.
+
 The wrapper never decrypts and holds no private key; the consensus exists in plaintext
 only on the clients. Evaluation is the inner strategy's (the decryption request that
 rides along is set aside before the inner strategy sees the replies).
@@ -46,6 +52,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from phe import PaillierPublicKey
 
+from .consensus_server import expected_cohort
 from .core.secure_consensus import (
     DECRYPT_REPLY_KEY,
     DECRYPT_REQUEST_KEY,
@@ -148,9 +155,12 @@ class SecureConsensus(SecureConsensusViews, Strategy):
               ) -> Result:
         """Run ``num_rounds`` rounds (see ``flwr.serverapp.strategy.Strategy.start``).
 
-        The result's ``arrays`` hold the final *encrypted* consensus.
+        The result's ``arrays`` hold the final *encrypted* consensus. With a privacy
+        budget, the rounds that fit in it (as the inner strategy's ``start``).
         """
-        self.strategy.server.num_rounds = num_rounds
+        inner = self.strategy
+        num_rounds = inner.server.cap_rounds(
+            num_rounds, expected_cohort(inner.min_available_nodes, inner.fraction_train))
         return super().start(grid, initial_arrays or ArrayRecord(), num_rounds, timeout,
                              train_config, evaluate_config, evaluate_fn)
 

@@ -459,8 +459,11 @@ class ExperimentConfig:
                               "vote weights use the clients' exact label histograms")
         if self.dp.enabled and self.dp.mode == "distributed" and self.api != "message":
             raise ConfigError('[dp] mode = "distributed" runs with api = "message" (client mods)')
-        if self.dp.enabled and self.paillier.enabled:
-            raise ConfigError("[dp] with [paillier] in one run is not wired in the simulation yet")
+        if self.dp.enabled and self.paillier.enabled and self.dp.mode != "distributed":
+            raise ConfigError(
+                f'[dp] mode = "{self.dp.mode}" cannot be combined with [paillier]: central DP '
+                "needs the server to see the plaintext sum it noises; use "
+                '[dp] mode = "distributed" (the clients add the noise inside the encrypted sum)')
 
     def client_roles(self) -> list[str]:
         """The role of every client id, in order (``""`` for honest clients)."""

@@ -280,15 +280,16 @@ def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> lis
     ``[dp] mode = "distributed"``: :class:`~clients.mods.dp_predictions.DpPredictionsMod`
     (linear ``"probabilities"`` encoding; the server sends ``z``, the clip and the cohort
     size every round). ``[paillier]``: :class:`~clients.mods.paillier_consensus.PaillierConsensusMod`
-    with the private key file.
+    with the private key file. With both, the Paillier mod comes first (outermost), so
+    the DP mod noises the reply before it is encrypted.
     """
     mods: list = []
-    if cfg.dp.enabled and cfg.dp.mode == "distributed":
-        mods.append(DpPredictionsMod(encoding="probabilities"))
     if cfg.paillier.enabled:
         if key_files is None:
             raise ValueError("[paillier] enabled: the client app needs the dealt key_files")
         mods.append(PaillierConsensusMod(key_files.private_path, workers=cfg.paillier.workers))
+    if cfg.dp.enabled and cfg.dp.mode == "distributed":
+        mods.append(DpPredictionsMod(encoding="probabilities"))
     return mods
 
 

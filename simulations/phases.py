@@ -98,7 +98,8 @@ def experiment_phases(cfg: ExperimentConfig) -> list[Phase]:
     if cfg.dp.enabled and cfg.dp.no_dp_baseline:
         phases.append(Phase(NO_DP_PHASE, plain))
     if cfg.paillier.enabled and cfg.paillier.plaintext_baseline:
-        phases.append(Phase(PLAINTEXT_PHASE, plain))
+        # the same configuration without encryption (distributed DP, if any, stays on)
+        phases.append(Phase(PLAINTEXT_PHASE, cfg.with_overrides(**{"paillier.enabled": False})))
     if cfg.adaptive.enabled and cfg.adaptive.unadapted_baseline:
         phases.append(Phase(UNADAPTED_PHASE, without_adaptation(cfg)))
     return phases

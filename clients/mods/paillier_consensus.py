@@ -29,6 +29,26 @@ One decryption per round instead of one per client. The request travels as a ``T
 message because Flower applies mods only around a ClientApp's registered functions,
 and every distillation client registers ``train``.
 
+Distributed differential privacy
+--------------------------------
+When the inner strategy privatizes the consensus with
+``PrivateConsensus(mode="distributed")``, the spec carries ``privacy`` and the noise
+share must be in the reply *before* it is encrypted. The noise comes from
+:class:`clients.mods.dp_predictions.DpPredictionsMod` with ``encoding="probabilities"``,
+which must run **inside** this mod, i.e. after it in the mods list::
+
+    mods=[PaillierConsensusMod(key_path), DpPredictionsMod(encoding="probabilities")]
+
+(Flower applies the first mod outermost: the DP mod sees the app's reply first and
+replaces ``"logits"`` by ``"noisy_probabilities"``; this mod then encrypts those,
+:meth:`.ConsensusSumClient.encrypt_noisy`). A reply that still holds ``"logits"``, has
+no noisy probabilities, or whose ``"dp"`` record was made for another noise multiplier
+or cohort is refused with an error reply, so un-noised predictions never leave the
+client. The decrypted consensus is post-processed as
+:meth:`.PrivateConsensus.release` does (rows withheld by the ``min_margin`` filter are
+dropped from the plan together with their ``consensus_indices``). Reply metric
+``"secure-clipped-values"`` counts noisy values clipped to the spec's public bound.
+
 Without a spec in the train config the mod answers with an error
 (``MOD_FAILED_PRECONDITION``) instead of letting plaintext predictions leave the client;
 ``plaintext_phases`` names phases allowed in clear (a Flower App's baselines), and
@@ -68,7 +88,9 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 
 from flhet_strategies.consensus_server import PHASE_KEY
+from flhet_strategies.core.dp.private_consensus import NOISY_PROBABILITIES_ARRAY
 from flhet_strategies.core.secure_consensus import (
+    CLIPPED_METRIC,
     DECRYPT_FAILED_METRIC,
     DECRYPT_REPLY_KEY,
     DECRYPT_REQUEST_KEY,
@@ -77,6 +99,7 @@ from flhet_strategies.core.secure_consensus import (
     SEALED_CONSENSUS_ARRAY,
     SPEC_CONFIG_KEY,
     SecureConsensusSpec,
+    released_rows,
 )
 from flhet_strategies.core.secure_consensus_client import ConsensusSumClient
 from flhet_strategies.core.secure_sum import SecureSumError
@@ -84,6 +107,7 @@ from flhet_strategies.core.secure_sum.client_cache import clear_client_caches
 from flhet_strategies.message_api import CONFIG_KEY, METRICS_KEY, PLAN_KEY, REPLY_KEY
 from flhet_strategies.records import arrays_to_record, record_to_arrays
 
+from .dp_predictions import DP_RECORD_KEY
 from .error_reply import error_reply as _error_reply
 from .paillier_base import KEY_PATH_NODE_CONFIG, PaillierClientSettings
 
@@ -230,6 +254,8 @@ class PaillierConsensusMod(PaillierClientSettings):
             else:
                 arrays["consensus"], num_summands = sums.decrypt(spec, encrypted, indices)
                 how = f"decrypted the consensus of {num_summands} clients"
+            arrays["consensus_indices"], arrays["consensus"] = released_rows(
+                indices, arrays["consensus"])
             log(INFO, "PaillierConsensusMod: %s in %.2f s", how, time.perf_counter() - start)
         except (ValueError, SecureSumError) as error:
             failure = str(error)
@@ -244,22 +270,53 @@ class PaillierConsensusMod(PaillierClientSettings):
     def _encrypt_reply(reply: Message, spec: SecureConsensusSpec, sums: ConsensusSumClient,
                        failure: str | None) -> Message:
         records = reply.content.array_records
-        if REPLY_KEY not in records or "logits" not in records[REPLY_KEY]:
+        expected = NOISY_PROBABILITIES_ARRAY if spec.privacy is not None else "logits"
+        if REPLY_KEY not in records or expected not in records[REPLY_KEY]:
+            hint = (" (distributed DP: put DpPredictionsMod(encoding='probabilities') after "
+                    "PaillierConsensusMod in the mods list)" if spec.privacy is not None else
+                    " (flhet distillation protocol)")
+            found = sorted(records[REPLY_KEY]) if REPLY_KEY in records else sorted(records)
             raise ValueError(
-                f"expected array 'logits' in the reply's ArrayRecord '{REPLY_KEY}' (flhet "
-                f"distillation protocol); found records {sorted(records)}")
+                f"expected array '{expected}' in the reply's ArrayRecord '{REPLY_KEY}'"
+                f"{hint}; found {found}")
         arrays = record_to_arrays(records[REPLY_KEY])
-        logits = arrays.pop("logits")
-        counts = arrays.pop("class_counts", None)
         metrics = dict(reply.content.metric_records.get(METRICS_KEY, MetricRecord()))
-        share = sums.encrypt(spec, logits, counts, metrics.get("num-examples", 0))
+        if spec.privacy is not None:
+            share = sums.encrypt_noisy(spec, _noisy_predictions(reply, arrays, spec))
+            arrays.pop("class_counts", None)
+            metrics[CLIPPED_METRIC] = float(share.num_clipped)
+        else:
+            logits = arrays.pop("logits")
+            counts = arrays.pop("class_counts", None)
+            share = sums.encrypt(spec, logits, counts, metrics.get("num-examples", 0))
         arrays[ENCRYPTED_CONTRIBUTION_ARRAY] = share.payload
         reply.content[REPLY_KEY] = arrays_to_record(arrays)
         if failure is not None:
-            reply.content[METRICS_KEY] = MetricRecord({**metrics, DECRYPT_FAILED_METRIC: 1.0})
+            metrics[DECRYPT_FAILED_METRIC] = 1.0
+        if failure is not None or spec.privacy is not None:
+            reply.content[METRICS_KEY] = MetricRecord(metrics)
         log(INFO, "PaillierConsensusMod: encrypted %s values into %s ciphertexts in %.2f s",
             spec.num_values, share.num_ciphertexts, share.seconds)
         return reply
+
+
+def _noisy_predictions(reply: Message, arrays: dict, spec: SecureConsensusSpec) -> np.ndarray:
+    """The reply's noisy probabilities, after checking they carry the spec's noise share."""
+    if "logits" in arrays:
+        raise ValueError("the reply holds plaintext 'logits' next to the noisy probabilities; "
+                         "refusing to encrypt a reply that is not entirely noised")
+    record = reply.content.config_records.get(DP_RECORD_KEY)
+    if record is None:
+        raise ValueError(f"the reply has no '{DP_RECORD_KEY}' record of DpPredictionsMod")
+    z = float(record.get("noise-multiplier", 0.0))
+    n = int(record.get("num-clients", 0))
+    if record.get("encoding") != "probabilities" or n != spec.max_summands or \
+            not np.isclose(z, spec.privacy.noise_multiplier):
+        raise ValueError(
+            f"the noise share (encoding {record.get('encoding')!r}, z={z}, n={n}) does not "
+            f"match the spec (probabilities, z={spec.privacy.noise_multiplier}, "
+            f"n={spec.max_summands})")
+    return np.asarray(arrays.pop(NOISY_PROBABILITIES_ARRAY))
 
 
 def clear_caches() -> None:

@@ -51,6 +51,37 @@ cohort and seals the consensus for the others (:class:`.GroupSeal`, the default 
 :class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus`), it learns exactly
 what every client learns.
 
+Distributed differential privacy
+--------------------------------
+With ``privacy`` (a :class:`.PrivateConsensus` in ``"distributed"`` mode) the slots
+hold what :class:`clients.mods.dp_predictions.DpPredictionsMod` (``"probabilities"``
+encoding) made of the client's logits: clipped probabilities plus the client's noise
+share ``N(0, (z S)^2 / n)``, ``n = max_summands``, ``S`` the payload bound on the
+round's ``m`` rows. Such values are signed and unbounded, so they are clipped to the
+public bound ``[-B, B]`` with
+
+    B = 1 + k * z S / sqrt(n),      k = DP_BOUND_STDS = 8,
+
+and quantized with the offset encoding of the secure FedAvg
+(:func:`.secure_sum.integers.offset_levels`: ``round((x + B) / step)``,
+``step = 2 B / P``), so sums never borrow. Weights are uniform and there are no class
+votes (each vote slot holds 1, so the decrypted vote total must equal the number of
+summands: a check). After decryption, every client divides by the summands, applies
+:meth:`.PrivateConsensus.release` (``min_margin``/``min_rows`` filter, simplex, ERA)
+exactly as the server does for distributed DP without encryption, and the server,
+which sees only ciphertexts, accounts the round with the realized noise multiplier.
+
+Clipping to ``B`` is post-processing of the client's own release, so its local
+guarantee (multiplier ``z / sqrt(n)``) holds as is. The guarantee of the *sum*
+(multiplier ``z``) assumes unclipped shares: a value leaves ``[-B, B]`` only if its
+noise exceeds ``k`` share standard deviations, with probability ``2 Phi(-8) = 1.2e-15``
+per value, which adds at most ``n m C * 1.2e-15`` to delta (``5e-12`` for 4 clients,
+100 rows, 10 classes). Rounding adds a bounded error of at most ``step / 2 = B / P``
+per value and share (``(1 + 8 sigma) / 255``: about 0.03 share standard deviations
+``sigma`` at 8 bits once the noise dominates), which the accountant ignores, as for any
+fixed-point implementation of the Gaussian mechanism (a rigorous treatment would use a
+discrete Gaussian).
+
 Cost: one value per (sample, class) plus ``C`` votes, packed ``2047 // slot_bits`` per
 ciphertext, where ``slot_bits`` is the bit length of
 ``max_summands * (2**value_bits - 1)`` and ``value_bits`` that of ``P * V``.
@@ -61,16 +92,19 @@ ciphertext, where ``slot_bits`` is the bit length of
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .consensus import ConsensusConfig, entropy_reduction, softmax
+from .dp.gaussian import noise_share_std, realized_noise_multiplier
+from .dp.private_consensus import PrivateConsensus
+from .secure_sum.errors import SecureSumOverflowError
 from .secure_sum.json_spec import JsonSpec
 from .secure_sum.layout import SecureSumLayout
 from .secure_sum.integers import IntegerSumSpec
 from .secure_sum.integers import check_int as _check_int
-from .secure_sum.integers import integer_layout
+from .secure_sum.integers import integer_layout, mean_from_levels, offset_levels
 from .secure_sum.integers import round_half_up as _round_half_up
 
 SECURE_WEIGHTINGS = ("sample_count", "uniform")
@@ -100,6 +134,12 @@ DECRYPT_REPLY_KEY = "secure-decrypt-reply"
 MAX_EXACT_SUM_BITS = 53
 """Integer sums stay exact in float64 up to this many bits."""
 
+DP_BOUND_STDS = 8.0
+"""``k``: noisy values are clipped to ``1 + k`` noise-share standard deviations."""
+
+CLIPPED_METRIC = "secure-clipped-values"
+"""Reply metric (distributed DP): noisy values a client clipped to the public bound."""
+
 
 @dataclass(frozen=True)
 class SecureConsensusResult:
@@ -118,6 +158,13 @@ class SecureConsensusResult:
         float64 bound per class on ``|mean_probabilities - plaintext mean|``.
     num_summands : int
         Clients in the sum.
+    released : np.ndarray, optional
+        Distributed DP only: boolean mask of the rows the private release kept;
+        ``consensus`` then holds NaN in the other rows (see :func:`released_rows`),
+        ``mean_probabilities`` is the noisy mean of all rows and ``noise_multiplier``
+        the multiplier the sum carries.
+    noise_multiplier : float, optional
+        Distributed DP only: the realized noise multiplier of the sum.
     """
 
     consensus: np.ndarray
@@ -125,6 +172,8 @@ class SecureConsensusResult:
     vote_totals: np.ndarray
     error_bound: np.ndarray
     num_summands: int
+    released: np.ndarray | None = None
+    noise_multiplier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +207,10 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
         Votes are counted in this unit (1: exact votes).
     key_fingerprint : str (default: "")
         Hex fingerprint of the public key the clients must encrypt under.
+    privacy : PrivateConsensus, optional
+        Distributed differential privacy (mode ``"distributed"``; needs uniform
+        weights and no class votes): the slots hold signed noisy probabilities (see
+        the module). Travels as a JSON object; its ``seed`` is dropped.
     """
 
     num_samples: int
@@ -171,10 +224,12 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
     vote_bits: int = 16
     vote_unit: int = 1
     key_fingerprint: str = ""
+    privacy: PrivateConsensus | None = None
 
     spec_name = "secure consensus"  # names the spec in from_json's errors (no field)
 
     def __post_init__(self) -> None:
+        self._check_privacy()
         for name in ("num_samples", "max_summands", "probability_bits", "vote_bits", "vote_unit"):
             _check_int(name, getattr(self, name), 1)
         _check_int("num_classes", self.num_classes, 2)
@@ -200,6 +255,25 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
                 f"{total_bits} bits, more than float64 holds exactly; lower the bits"
             )
 
+    def _check_privacy(self) -> None:
+        privacy = self.privacy
+        if privacy is None:
+            return
+        if isinstance(privacy, dict):   # from JSON
+            privacy = PrivateConsensus(**privacy)
+        if not isinstance(privacy, PrivateConsensus):
+            raise TypeError(f"privacy must be a PrivateConsensus, got {type(privacy).__name__}")
+        if privacy.mode != "distributed":
+            raise ValueError(
+                f"a secure consensus supports distributed DP only, got mode {privacy.mode!r}: "
+                "central DP needs the server to see the plaintext sum it noises")
+        if self.weighting != "uniform" or self.class_vote_weighting:
+            raise ValueError(
+                "distributed DP in a secure consensus needs weighting='uniform' and "
+                f"class_vote_weighting=False, got {self.weighting!r} and "
+                f"{self.class_vote_weighting!r}")
+        object.__setattr__(self, "privacy", replace(privacy, seed=None))
+
     @classmethod
     def for_consensus(
         cls,
@@ -213,6 +287,7 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
         probability_bits: int = 8,
         vote_bits: int = 16,
         key_fingerprint: str = "",
+        privacy: PrivateConsensus | None = None,
     ) -> "SecureConsensusSpec":
         """The spec that computes ``consensus`` (a DS-FL rule) through a secure sum.
 
@@ -232,6 +307,8 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
             Quantization bits of a probability.
         vote_bits : int (default: 16)
             Most bits of an integer vote; fewer are used when the vote bound needs fewer.
+        privacy : PrivateConsensus, optional
+            Distributed DP (then ``weighting`` must be ``"uniform"``).
 
         Raises
         ------
@@ -265,6 +342,7 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
             vote_bits=bits,
             vote_unit=unit,
             key_fingerprint=key_fingerprint,
+            privacy=privacy,
         )
 
     # ------------------------------------------------------------------ layout
@@ -288,6 +366,29 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
     def num_values(self) -> int:
         """Values per client share: ``m * C`` numerators and ``C`` votes."""
         return (self.num_samples + 1) * self.num_classes
+
+    def signed_bound(self, num_samples: int | None = None,
+                     max_summands: int | None = None) -> float:
+        """``B = 1 + k z S / sqrt(n)``: the public clip bound of a noisy value (DP only).
+
+        Parameters
+        ----------
+        num_samples, max_summands : int, optional
+            Rows ``m`` and cohort ``n`` of the round the values belong to (default:
+            this spec's).
+
+        Raises
+        ------
+        ValueError
+            Without ``privacy``.
+        """
+        if self.privacy is None:
+            raise ValueError("signed_bound needs a spec with privacy (distributed DP)")
+        rows = self.num_samples if num_samples is None else int(num_samples)
+        cohort = self.max_summands if max_summands is None else int(max_summands)
+        std = noise_share_std(self.privacy.noise_multiplier, self.privacy.norm_bound(rows),
+                              cohort)
+        return 1.0 + DP_BOUND_STDS * std
 
     def check_sum_layout(self, layout: SecureSumLayout, num_samples: int) -> None:
         """Raise ``ValueError`` unless ``layout`` is this spec's layout for ``num_samples``.
@@ -380,9 +481,44 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
         shares = levels * votes[None, :].astype(np.float64)
         return np.concatenate([shares.ravel(), votes.astype(np.float64)])
 
+    def encode_noisy(self, noisy: np.ndarray) -> tuple[np.ndarray, int]:
+        """A distributed-DP client's share: its noisy probabilities as offset levels.
+
+        Parameters
+        ----------
+        noisy : np.ndarray
+            Clipped probabilities plus the client's noise share,
+            ``(num_samples, num_classes)`` (:class:`clients.mods.dp_predictions.DpPredictionsMod`,
+            ``"probabilities"`` encoding).
+
+        Returns
+        -------
+        tuple[np.ndarray, int]
+            ``num_values`` integers (float64): the levels of the values clipped to
+            ``[-B, B]`` (:meth:`signed_bound`), then a vote of 1 per class; and how many
+            values were clipped.
+
+        Raises
+        ------
+        ValueError
+            Without ``privacy``, or if the values have the wrong shape or hold NaN/Inf.
+        """
+        bound = self.signed_bound()
+        values = np.asarray(noisy)
+        if not np.issubdtype(values.dtype, np.floating):
+            raise ValueError(f"noisy probabilities must be floating, got dtype {values.dtype}")
+        if values.shape != (self.num_samples, self.num_classes):
+            raise ValueError(f"noisy probabilities must have shape ({self.num_samples}, "
+                             f"{self.num_classes}), got {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("noisy probabilities contain NaN/Inf values")
+        levels, num_clipped = offset_levels(values, bound, self.probability_levels)
+        return np.concatenate([levels, np.ones(self.num_classes)]), num_clipped
+
     # ------------------------------------------------------------------ decoding
 
-    def decode(self, sums: np.ndarray, num_summands: int) -> SecureConsensusResult:
+    def decode(self, sums: np.ndarray, num_summands: int,
+               num_expected: int | None = None) -> SecureConsensusResult:
         """Turn the decrypted sum of ``num_summands`` shares into the consensus.
 
         Parameters
@@ -392,11 +528,15 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
             ``(m + 1) * num_classes`` for the ``m`` proxy samples of the summed round.
         num_summands : int
             Clients in the sum.
+        num_expected : int, optional
+            Distributed DP: the cohort the summed round split its noise for (the sum's
+            ``max_summands``; default: this spec's).
 
         Returns
         -------
         SecureConsensusResult
-            The soft targets, as :func:`.logit_consensus` computes them, and the bound.
+            The soft targets, as :func:`.logit_consensus` computes them (or, with
+            ``privacy``, as :meth:`.PrivateConsensus.combine` does), and the bound.
 
         Raises
         ------
@@ -417,6 +557,10 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
         integers = values.astype(np.int64)
         numerators = integers[:-classes].reshape(-1, classes)
         totals = integers[-classes:]
+        if self.privacy is not None:
+            return self._decode_private(numerators, totals, int(num_summands),
+                                        self.max_summands if num_expected is None
+                                        else int(num_expected))
         scale = self.probability_levels * totals
         if np.any(numerators > scale[None, :]):
             raise ValueError(
@@ -444,6 +588,61 @@ class SecureConsensusSpec(JsonSpec, IntegerSumSpec):
         )
 
 
+    def _decode_private(self, level_sums: np.ndarray, totals: np.ndarray, num_summands: int,
+                        num_expected: int) -> SecureConsensusResult:
+        """Distributed DP: the noisy mean of the summed shares, then the private release."""
+        if num_summands > num_expected:
+            raise ValueError(f"{num_summands} shares summed, but the round expected at most "
+                             f"{num_expected}")
+        if np.any(totals != num_summands):
+            raise SecureSumOverflowError(
+                f"the decrypted vote totals {totals.tolist()} must all equal the "
+                f"{num_summands} summands: a share was malformed")
+        levels = self.probability_levels
+        if np.any(level_sums > levels * num_summands):
+            raise SecureSumOverflowError(
+                "a decrypted level sum exceeds the top level times the summands: a share "
+                "was out of range or the sum is corrupted")
+        rows = level_sums.shape[0]
+        bound = self.signed_bound(rows, num_expected)
+        noisy_mean = mean_from_levels(level_sums, num_summands, bound, levels)
+        realized = realized_noise_multiplier(self.privacy.noise_multiplier, num_expected,
+                                             num_summands)
+        config = ConsensusConfig("dsfl", self.temperature, self.era_temperature, False)
+        kept, keep = self.privacy.release(noisy_mean, realized, num_summands, config)
+        consensus = np.full((rows, self.num_classes), np.nan, dtype=np.float32)
+        consensus[keep] = kept
+        return SecureConsensusResult(
+            consensus=consensus, mean_probabilities=noisy_mean, vote_totals=totals,
+            error_bound=np.full(self.num_classes, bound / levels), num_summands=num_summands,
+            released=keep, noise_multiplier=realized)
+
+
+def released_rows(indices: np.ndarray, consensus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a decrypted (or unsealed) consensus that were released.
+
+    A distributed-DP consensus marks the rows its private release withheld with NaN
+    (:meth:`SecureConsensusSpec.decode`); this drops them, with their indices. Without
+    NaN rows it returns its inputs.
+
+    Parameters
+    ----------
+    indices : np.ndarray
+        The proxy indices of the consensus rows.
+    consensus : np.ndarray
+        ``(len(indices), num_classes)``.
+    """
+    consensus = np.asarray(consensus)
+    indices = np.asarray(indices, dtype=np.int64)
+    if consensus.shape[0] != indices.shape[0]:
+        raise ValueError(f"{consensus.shape[0]} consensus rows for {indices.shape[0]} indices")
+    keep = ~np.all(np.isnan(consensus), axis=1) if consensus.size else \
+        np.ones(len(indices), dtype=bool)
+    if keep.all():
+        return indices, consensus
+    return indices[keep], np.ascontiguousarray(consensus[keep])
+
+
 def consensus_context(key_fingerprint: str, consensus_indices: np.ndarray,
                       num_classes: int) -> bytes:
     """Associated data binding a sealed consensus to its key, proxy indices and shape.
@@ -459,6 +658,9 @@ def consensus_context(key_fingerprint: str, consensus_indices: np.ndarray,
 def consensus_from_bytes(data: bytes, num_samples: int, num_classes: int) -> np.ndarray:
     """Rebuild a float32 consensus ``(num_samples, num_classes)`` from its raw bytes.
 
+    Rows that are all NaN (withheld by a distributed-DP release, see
+    :func:`released_rows`) are allowed.
+
     Raises
     ------
     ValueError
@@ -468,8 +670,9 @@ def consensus_from_bytes(data: bytes, num_samples: int, num_classes: int) -> np.
     if len(data) != expected:
         raise ValueError(f"consensus holds {len(data)} bytes, expected {expected}")
     consensus = np.frombuffer(data, dtype=np.float32).reshape(num_samples, num_classes).copy()
-    if not np.all(np.isfinite(consensus)) or np.any(consensus < 0) or \
-            not np.allclose(consensus.sum(axis=1), 1.0, atol=1e-3):
+    rows = consensus[~np.all(np.isnan(consensus), axis=1)] if consensus.size else consensus
+    if not np.all(np.isfinite(rows)) or np.any(rows < 0) or \
+            not np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
         raise ValueError("the consensus rows are not probability distributions")
     return consensus
 
@@ -481,6 +684,8 @@ __all__ = [
     "ENCRYPTED_CONSENSUS_ARRAY",
     "ENCRYPTED_CONTRIBUTION_ARRAY",
     "SEALED_CONSENSUS_ARRAY",
+    "CLIPPED_METRIC",
+    "DP_BOUND_STDS",
     "SECURE_WEIGHTINGS",
     "SPEC_CONFIG_KEY",
     "SecureConsensusResult",
@@ -488,4 +693,5 @@ __all__ = [
     "consensus_context",
     "consensus_from_bytes",
     "integer_layout",
+    "released_rows",
 ]

@@ -35,11 +35,14 @@ class ConsensusShare:
         Ciphertexts in the payload.
     seconds : float
         Wall time of encoding and encrypting.
+    num_clipped : int (default: 0)
+        Distributed DP: noisy values clipped to the spec's public bound.
     """
 
     payload: np.ndarray
     num_ciphertexts: int
     seconds: float
+    num_clipped: int = 0
 
 
 class ConsensusSumClient(ShareClient):
@@ -75,7 +78,9 @@ class ConsensusSumClient(ShareClient):
         -------
         tuple
             The float32 consensus ``(len(indices), num_classes)`` and the number of
-            clients in the sum.
+            clients in the sum. Under distributed DP (``spec.privacy``) the rows the
+            private release withheld are NaN: keep the others with
+            :func:`.secure_consensus.released_rows`.
 
         Raises
         ------
@@ -83,8 +88,9 @@ class ConsensusSumClient(ShareClient):
             If the spec names another key, the sum has another layout, is under another
             key, is malformed, or does not decode.
         """
-        sums, num_summands = self._decrypt_sum(spec, encrypted, len(indices))
-        return spec.decode(sums, num_summands).consensus, num_summands
+        sums, vector = self._decrypt_vector(spec, encrypted, len(indices))
+        result = spec.decode(sums, vector.num_summands, vector.layout.max_summands)
+        return result.consensus, vector.num_summands
 
     def seal(self, spec: SecureConsensusSpec, consensus: np.ndarray,
              indices: np.ndarray) -> np.ndarray:
@@ -125,19 +131,42 @@ class ConsensusSumClient(ShareClient):
         Raises
         ------
         ValueError
-            If the inputs do not fit the spec.
+            If the inputs do not fit the spec, or the spec asks for noisy probabilities
+            (distributed DP: use :meth:`encrypt_noisy`).
         """
         start = time.perf_counter()
         self.check(spec)
+        if spec.privacy is not None:
+            raise ValueError(
+                "the secure consensus asks for distributed DP: the share must be the noisy "
+                "probabilities of DpPredictionsMod(encoding='probabilities'), not logits")
         if class_counts is None:
             if spec.class_vote_weighting:
                 raise ValueError("per-class votes need the client's class_counts")
             class_counts = np.ones(spec.num_classes, dtype=np.int64)
-        codec = self.codec(spec)
         values = spec.encode(logits, class_counts, num_examples)
+        return self._share(spec, values, start)
+
+    def encrypt_noisy(self, spec: SecureConsensusSpec, noisy: np.ndarray) -> ConsensusShare:
+        """Encode (:meth:`.SecureConsensusSpec.encode_noisy`) and encrypt a distributed-DP
+        share: clipped probabilities plus this client's noise share.
+
+        Raises
+        ------
+        ValueError
+            If the spec has no ``privacy`` or the values do not fit it.
+        """
+        start = time.perf_counter()
+        self.check(spec)
+        values, num_clipped = spec.encode_noisy(noisy)
+        return self._share(spec, values, start, num_clipped)
+
+    def _share(self, spec: SecureConsensusSpec, values: np.ndarray, start: float,
+               num_clipped: int = 0) -> ConsensusShare:
+        codec = self.codec(spec)
         payload = self._encrypt_values(codec, values)
         return ConsensusShare(payload=payload, num_ciphertexts=codec.num_ciphertexts,
-                              seconds=time.perf_counter() - start)
+                              seconds=time.perf_counter() - start, num_clipped=num_clipped)
 
 
 __all__ = ["ConsensusShare", "ConsensusSumClient"]

@@ -196,12 +196,52 @@ class PrivateConsensus:
             expected = received if num_expected is None else int(num_expected)
             total = stacked.sum(axis=0)
             realized = realized_noise_multiplier(self.noise_multiplier, expected, received)
-        noisy_mean = total / received
-        keep = self.confident_rows(noisy_mean, realized * self.norm_bound(num_rows) / received)
+        mean, keep = self.release(total / received, realized, received, config)
+        return mean, realized, keep
+
+    def release(
+        self,
+        noisy_mean: np.ndarray,
+        realized: float,
+        received: int,
+        config: ConsensusConfig,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Post-process a noised mean into the released consensus (no privacy cost).
+
+        The steps :meth:`combine` applies after the noise, shared with the clients of a
+        Paillier secure consensus that decrypt a sum of distributed noise shares
+        (:meth:`flhet_strategies.core.secure_consensus.SecureConsensusSpec.decode`):
+        the :meth:`confident_rows` filter (``min_margin``, ``min_rows``), clamping onto
+        the simplex (:func:`.postprocess.noisy_rows_to_probabilities`) and ERA.
+
+        Parameters
+        ----------
+        noisy_mean : np.ndarray
+            The noised sum over ``received``, ``(m, C)``.
+        realized : float
+            The noise multiplier the sum carries (:func:`.gaussian.realized_noise_multiplier`).
+        received : int
+            Payloads in the sum.
+        config : ConsensusConfig
+            The DS-FL rule (its ``era_temperature``).
+
+        Returns
+        -------
+        tuple[np.ndarray, np.ndarray]
+            float32 soft targets of the released rows and the boolean mask of those rows.
+        """
+        noisy_mean = np.asarray(noisy_mean, dtype=np.float64)
+        if noisy_mean.ndim != 2 or not np.all(np.isfinite(noisy_mean)):
+            raise ValueError(f"noisy_mean must be a finite (rows, classes) array, "
+                             f"got shape {noisy_mean.shape}")
+        if isinstance(received, bool) or int(received) != received or received < 1:
+            raise ValueError(f"received must be a positive integer, got {received!r}")
+        entry_std = realized * self.norm_bound(noisy_mean.shape[0]) / int(received)
+        keep = self.confident_rows(noisy_mean, entry_std)
         mean = noisy_rows_to_probabilities(noisy_mean[keep])
         if config.era_temperature is not None and len(mean):
             mean = entropy_reduction(mean, config.era_temperature)
-        return mean.astype(np.float32), realized, keep
+        return mean.astype(np.float32), keep
 
     def confident_rows(self, noisy_mean: np.ndarray, entry_std: float) -> np.ndarray:
         """Mask of rows whose top-1 beats the top-2 by ``min_margin`` noise stds

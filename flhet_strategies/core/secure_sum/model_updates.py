@@ -59,7 +59,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import SecureSumOverflowError
-from .integers import IntegerSumSpec, check_int, integer_layout, round_half_up
+from .integers import (
+    IntegerSumSpec,
+    check_int,
+    integer_layout,
+    mean_from_levels,
+    offset_levels,
+    round_half_up,
+)
 from .json_spec import JsonSpec
 from .layout import SecureSumLayout
 
@@ -423,10 +430,7 @@ class SecureModelSpec(JsonSpec, IntegerSumSpec):
             bad = int(np.count_nonzero(~np.isfinite(flat)))
             raise ValueError(f"the model holds {bad} NaN or infinite values; cannot encrypt it")
         vote = self.vote(weight)
-        bound = self.clip_bound
-        num_clipped = int(np.count_nonzero(np.abs(flat) > bound))
-        levels = np.rint((np.clip(flat, -bound, bound) + bound) / self.step)
-        levels = np.clip(levels, 0, self.levels)
+        levels, num_clipped = offset_levels(flat, self.clip_bound, self.levels)
         values = np.concatenate([levels * float(vote), [float(vote)]])
         return EncodedShare(values=values, vote=vote, num_clipped=num_clipped)
 
@@ -474,7 +478,7 @@ class SecureModelSpec(JsonSpec, IntegerSumSpec):
             raise SecureSumOverflowError(
                 "a decrypted level sum exceeds the top level times the weight total: a "
                 "share was out of range or the sum is corrupted")
-        flat = -self.clip_bound + self.step * (level_sums / total)
+        flat = mean_from_levels(level_sums, total, self.clip_bound, self.levels)
         arrays, offset = [], 0
         for shape, dtype in zip(self.shapes, self.dtypes):
             size = math.prod(shape)

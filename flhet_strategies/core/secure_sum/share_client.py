@@ -82,10 +82,17 @@ class ShareClient:
                      *layout_args) -> tuple[np.ndarray, int]:
         """Check the key and the sum's layout (``spec.check_sum_layout(layout,
         *layout_args)``), decrypt; return the integer sums and the number of summands."""
+        sums, vector = self._decrypt_vector(spec, payload, *layout_args)
+        return sums, vector.num_summands
+
+    def _decrypt_vector(self, spec, payload: np.ndarray | bytes,
+                        *layout_args) -> tuple[np.ndarray, EncryptedVector]:
+        """:meth:`_decrypt_sum`, returning the encrypted vector (its layout) instead of
+        the number of summands."""
         self.check(spec)
         vector = EncryptedVector.from_array(payload, self.holder.public_key)
         spec.check_sum_layout(vector.layout, *layout_args)
-        return self.holder.decrypt_sum(vector, workers=self.decrypt_workers), vector.num_summands
+        return self.holder.decrypt_sum(vector, workers=self.decrypt_workers), vector
 
     def _encrypt_values(self, codec: SecureSumCodec, values: np.ndarray) -> np.ndarray:
         """Encrypt an encoded share (``uint8`` payload) and refill the pool for the next one."""
