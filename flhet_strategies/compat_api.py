@@ -3,7 +3,9 @@
 For deployments built on ``ServerApp(server_fn=...)`` / ``NumPyClient``. The plan
 travels as ``Parameters`` holding ``[proxy_indices, consensus_indices, consensus]``
 (:data:`~flhet_strategies.core.distillation.PLAN_ARRAY_KEYS`); a client replies with
-``[logits, class_counts]`` (:data:`~flhet_strategies.consensus_server.REPLY_ARRAY_KEYS`).
+``[logits, class_counts]`` (:data:`~flhet_strategies.consensus_server.REPLY_ARRAY_KEYS`),
+or ``[noisy_probabilities]`` under distributed differential privacy
+(:class:`clients.dp_predictions_numpy_client.DpPredictionsNumPyClient`).
 """
 
 from __future__ import annotations
@@ -79,8 +81,11 @@ class FedConsensusCompat(PrivacyViews, Strategy):
         Proxy indices requested in every round (part of ``proxy_per_round``), e.g. the
         server's labeled validation slice for contribution weighting.
     privacy : PrivateConsensus, optional
-        Client-level differential privacy of every released consensus (``"central"``
-        mode; distributed noise needs the Message API's client mods).
+        Client-level differential privacy of every released consensus. ``"central"``:
+        the server clips and noises; ``"distributed"``: the fit config carries
+        ``privacy.client_config(cohort)`` and the clients, wrapped in
+        :class:`clients.dp_predictions_numpy_client.DpPredictionsNumPyClient`, reply
+        ``[noisy_probabilities]``.
     privacy_budget : RoundBudget, optional
         Accounting of ``privacy``; with ``max_epsilon``, rounds past the budget are
         skipped (no messages) and the last round that fits is the clients' final
@@ -109,9 +114,6 @@ class FedConsensusCompat(PrivacyViews, Strategy):
         super().__init__()
         if not 0.0 < fraction_fit <= 1.0 or not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError("fraction_fit must be in (0, 1], fraction_evaluate in [0, 1]")
-        if privacy is not None and privacy.mode != "central":
-            raise ValueError("FedConsensusCompat supports central DP only; distributed noise "
-                             "shares need the Message API (FedConsensus + DpPredictionsMod)")
         protocol = ConsensusDistillation(num_proxy, num_classes, proxy_per_round,
                                          consensus, weight_fn, seed, always_include, privacy)
         budget = default_budget(privacy, privacy_budget, min_available_clients, fraction_fit)
@@ -128,6 +130,13 @@ class FedConsensusCompat(PrivacyViews, Strategy):
     def budget(self) -> RoundBudget | None:
         """The privacy accounting (``None`` without ``privacy``)."""
         return self.server.budget
+
+    @property
+    def reply_array_keys(self) -> tuple[str, ...]:
+        """Names of a fit reply's arrays, in order: ``REPLY_ARRAY_KEYS``, or the one
+        prediction array under distributed DP (:attr:`ConsensusServer.prediction_key`)."""
+        key = self.server.prediction_key
+        return REPLY_ARRAY_KEYS if key == REPLY_ARRAY_KEYS[0] else (key,)
 
     @property
     def history(self) -> list[dict]:
@@ -163,10 +172,11 @@ class FedConsensusCompat(PrivacyViews, Strategy):
                       failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Validate replies and form the new consensus; bad replies count as failures."""
         parsed = []
+        keys = self.reply_array_keys
         for proxy, res in results:
             arrays = parameters_to_ndarrays(res.parameters)
             metrics = {**res.metrics, "num-examples": res.num_examples}
-            named = dict(zip(REPLY_ARRAY_KEYS, arrays)) if len(arrays) == len(REPLY_ARRAY_KEYS) else {}
+            named = dict(zip(keys, arrays)) if len(arrays) == len(keys) else {}
             parsed.append(ClientResult(client_id_of(metrics, proxy.cid), named, metrics))
         consensus, metrics = self.server.aggregate_train(server_round, parsed, len(failures))
         if consensus is None:

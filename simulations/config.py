@@ -222,8 +222,9 @@ class DpConfig:
         ``delta``.
     mode : str
         ``"central"`` (the server clips and noises the sum) or ``"distributed"`` (each
-        client's :class:`~clients.mods.dp_predictions.DpPredictionsMod` adds its share;
-        Message API only).
+        client adds its share: :class:`~clients.mods.dp_predictions.DpPredictionsMod`
+        with ``api = "message"``, :class:`~clients.dp_predictions_numpy_client.DpPredictionsNumPyClient`
+        with ``api = "compat"``; with ``[paillier]``, Message API only).
     target_epsilon : float, optional
         Calibrate the noise multiplier so that ``num_rounds`` rounds spend this epsilon
         (:func:`~flhet_strategies.privacy.accounting.noise_multiplier_for_epsilon`).
@@ -457,8 +458,10 @@ class ExperimentConfig:
         if self.dp.enabled and self.strategy.class_vote_weighting:
             raise ConfigError("[dp] needs strategy.class_vote_weighting = false: per-class "
                               "vote weights use the clients' exact label histograms")
-        if self.dp.enabled and self.dp.mode == "distributed" and self.api != "message":
-            raise ConfigError('[dp] mode = "distributed" runs with api = "message" (client mods)')
+        if self.dp.enabled and self.dp.mode == "distributed" and self.paillier.enabled \
+                and self.api != "message":
+            raise ConfigError('[dp] mode = "distributed" with [paillier] runs with api = '
+                              '"message" (the compat Paillier client adds no noise shares)')
         if self.dp.enabled and self.paillier.enabled and self.dp.mode != "distributed":
             raise ConfigError(
                 f'[dp] mode = "{self.dp.mode}" cannot be combined with [paillier]: central DP '

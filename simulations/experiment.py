@@ -15,6 +15,7 @@ from flwr.app import Context
 
 from clients.client_app import distillation_client_app
 from clients.distillation_client import DistillationClient
+from clients.dp_predictions_numpy_client import DpPredictionsNumPyClient
 from clients.learners.free_rider import FreeRiderLearner
 from clients.learners.sklearn_learner import SklearnLearner
 from clients.learners.torch_learner import TorchLearner
@@ -294,7 +295,8 @@ def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> lis
 
 
 def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
-    """The ClientApp for the config's API face (with :func:`client_mods`)."""
+    """The ClientApp for the config's API face (with :func:`client_mods`; on the compat
+    face the equivalent ``NumPyClient`` wrappers)."""
     if cfg.api == "message":
         return distillation_client_app(lambda context: _client_for(cfg, context),
                                        mods=client_mods(cfg, key_files))
@@ -306,6 +308,8 @@ def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
     def client_fn(context: Context):
         client = _client_for(cfg, context)
         numpy_client = DistillationNumPyClient(client, client_id_from_context(context), context)
+        if cfg.dp.enabled and cfg.dp.mode == "distributed":   # compat face of DpPredictionsMod
+            numpy_client = DpPredictionsNumPyClient(numpy_client)
         if cfg.paillier.enabled:   # compat face of the Paillier mod
             numpy_client = SecureConsensusNumPyClient(numpy_client, key_files.private_path,
                                                       workers=cfg.paillier.workers)

@@ -2,8 +2,8 @@
 
 ``run_experiment`` with ``[dp]`` / ``[paillier]`` on scikit-learn digits: per-round
 epsilon in ``results.json``, a ``max_epsilon`` that stops the run cleanly, distributed
-noise shares from the client mod, the compat face, and the plaintext baseline of a
-Paillier run.
+noise shares from the client mod and from its compat wrapper, central DP on the compat
+face, and the plaintext baseline of a Paillier run.
 """
 
 import json
@@ -71,6 +71,19 @@ def test_distributed_dp_adds_noise_shares_on_the_clients():
     assert all(len(h["accepted"]) == 4 for h in history)
 
 
+def test_distributed_dp_on_the_compat_face_adds_noise_shares_on_the_clients():
+    cfg = _config(num_rounds=2, api="compat", dp={"enabled": True, "mode": "distributed",
+                                                  "target_epsilon": 8.0, "min_margin": 0.0})
+    strategy = simulate_strategy(cfg)
+    z = dp_noise_multiplier(cfg)
+    history = strategy.history
+    assert strategy.reply_array_keys == ("noisy_probabilities",)
+    assert [h["round"] for h in history] == [1, 2]
+    assert all(h["noise_multiplier"] == pytest.approx(z) for h in history)  # no dropouts
+    assert history[-1]["epsilon"] <= 8.0
+    assert all(len(h["accepted"]) == 4 for h in history)
+
+
 def test_central_dp_on_the_compat_face():
     cfg = _config(num_rounds=2, api="compat", dp={"enabled": True, "noise_multiplier": 2.0})
     history = simulate_strategy(cfg).history
@@ -100,8 +113,8 @@ def test_paillier_run_carries_its_plaintext_baseline(tmp_path, api):
     ({"dp": {"enabled": True, "target_epsilon": 8.0}, "strategy": {"class_vote_weighting": True}},
      "class_vote_weighting"),
     ({"dp": {"enabled": True}}, "exactly one"),
-    ({"dp": {"enabled": True, "noise_multiplier": 1.0, "mode": "distributed"}, "api": "compat"},
-     "distributed"),
+    ({"dp": {"enabled": True, "noise_multiplier": 1.0, "mode": "distributed"}, "api": "compat",
+      "paillier": {"enabled": True}}, "distributed"),
     ({"paillier": {"enabled": True, "key_bits": 1024}}, "2048"),
     ({"dp": {"enabled": True, "noise_multiplier": 1.0},
       "contribution": {"enabled": True}}, "contribution"),

@@ -6,8 +6,11 @@ client's logits on the proxy samples (array ``"logits"`` of the reply's ``ArrayR
 ``"reply"``), turns them into probabilities (softmax, temperature 1), clips them in L2
 (:mod:`flhet_strategies.core.dp.clipping`) and adds the client's share
 ``N(0, (z S)^2 / n)`` of the Gaussian noise, so that the sum of ``n`` replies carries
-``N(0, (z S)^2)`` (:mod:`flhet_strategies.core.dp.gaussian`). The label histogram
-(``"class_counts"``) is exact private information and is dropped unless asked for.
+``N(0, (z S)^2)`` (:mod:`flhet_strategies.core.dp.gaussian`), all in the core step
+:func:`flhet_strategies.core.dp.prediction_noise.privatize_predictions` that the compat
+wrapper :class:`clients.dp_predictions_numpy_client.DpPredictionsNumPyClient` shares.
+The label histogram (``"class_counts"``) is exact private information and is dropped
+unless asked for.
 
 Encodings of the noisy reply
 ----------------------------
@@ -40,7 +43,6 @@ with ``PrivateConsensus(mode="distributed")`` sends them every round.
 
 from __future__ import annotations
 
-import math
 from logging import INFO
 
 import numpy as np
@@ -48,14 +50,11 @@ from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 
-from flhet_strategies.core.consensus import softmax
-from flhet_strategies.core.dp import (
-    CLIP_MODES,
-    add_noise_share,
-    clip_payload,
-    noise_share_std,
-    noisy_rows_to_probabilities,
-    payload_norm_bound,
+from flhet_strategies.core.dp import CLIP_MODES
+from flhet_strategies.core.dp.prediction_noise import (
+    PREDICTION_ENCODINGS,
+    PredictionNoiseSettings,
+    privatize_predictions,
 )
 from flhet_strategies.core.dp.private_consensus import (
     CLIP_MODE_KEY,
@@ -72,7 +71,7 @@ from .error_reply import error_reply as _error_reply
 DP_RECORD_KEY = "dp"
 """Reply ``ConfigRecord`` describing the applied mechanism."""
 
-ENCODINGS = ("log-probabilities", "probabilities")
+ENCODINGS = PREDICTION_ENCODINGS
 
 
 class DpPredictionsMod:
@@ -135,24 +134,11 @@ class DpPredictionsMod:
         self.keep_class_counts = bool(keep_class_counts)
         self.rng = rng
 
-    def _parameters(self, msg: Message) -> tuple[float, float, int, str]:
+    def _parameters(self, msg: Message) -> PredictionNoiseSettings:
         config = msg.content.config_records.get(CONFIG_KEY, ConfigRecord())
-        clip_mode = config.get(CLIP_MODE_KEY, self.clip_mode)
-        if clip_mode not in CLIP_MODES:
-            raise ValueError(f"'{CLIP_MODE_KEY}' must be one of {CLIP_MODES}, got {clip_mode!r}")
-        z = config.get(NOISE_MULTIPLIER_KEY, self.noise_multiplier)
-        clip = config.get(CLIP_NORM_KEY, self.clip_norm)
-        n = config.get(NUM_CLIENTS_KEY, self.num_clients)
-        for key, value in ((NOISE_MULTIPLIER_KEY, z), (CLIP_NORM_KEY, clip)):
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise ValueError(
-                    f"'{key}' must be a positive number, sent in the train config or given "
-                    f"to DpPredictionsMod; got {value!r}"
-                )
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 1:
-            raise ValueError(f"'{NUM_CLIENTS_KEY}' must be a positive integer, got {n!r}")
-        return float(z), float(clip), int(n), str(clip_mode)
+        return PredictionNoiseSettings.from_config(
+            config, self.noise_multiplier, self.clip_norm, self.num_clients, self.clip_mode,
+            owner="DpPredictionsMod")
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Run the app, then privatize the predictions of a ``TRAIN`` reply.
@@ -175,7 +161,7 @@ class DpPredictionsMod:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         try:
-            z, clip, n, clip_mode = self._parameters(msg)
+            settings = self._parameters(msg)
         except ValueError as err:
             return _error_reply(msg, str(err))
         reply = call_next(msg, context)
@@ -188,30 +174,23 @@ class DpPredictionsMod:
                 f"'{REPLY_KEY}' (flhet distillation protocol); found {sorted(records)}")
         arrays = record_to_arrays(records[REPLY_KEY])
         logits = np.asarray(arrays.pop("logits"))
-        if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) \
-                or not np.all(np.isfinite(logits)):
-            return _error_reply(
-                msg, f"DpPredictionsMod needs finite floating logits of shape "
-                f"(samples, classes); got dtype {logits.dtype}, shape {logits.shape}")
-        bound = payload_norm_bound(clip, clip_mode, logits.shape[0])
-        clipped = clip_payload(softmax(logits), clip, clip_mode)
-        rng = self.rng if self.rng is not None else np.random.default_rng()
-        noisy = add_noise_share(clipped, z, bound, n, rng)
-        if self.encoding == "log-probabilities":
-            q = noisy_rows_to_probabilities(noisy, floor=self.min_probability)
-            arrays["logits"] = np.log(q).astype(np.float32)
-        else:
-            arrays[NOISY_PROBABILITIES_ARRAY] = noisy.astype(np.float32)
+        try:
+            noisy = privatize_predictions(logits, settings, self.encoding,
+                                          self.min_probability, self.rng)
+        except ValueError as err:
+            return _error_reply(msg, f"DpPredictionsMod: {err}")
+        arrays["logits" if self.encoding == "log-probabilities"
+               else NOISY_PROBABILITIES_ARRAY] = noisy.values
         if not self.keep_class_counts:
             arrays.pop("class_counts", None)
-        std = noise_share_std(z, bound, n)
         reply.content[REPLY_KEY] = arrays_to_record(arrays)
         reply.content[DP_RECORD_KEY] = ConfigRecord({
-            "encoding": self.encoding, "noise-std": std, "norm-bound": bound,
-            "noise-multiplier": z, "num-clients": n, "clip-mode": clip_mode,
+            "encoding": self.encoding, "noise-std": noisy.noise_std,
+            "norm-bound": noisy.norm_bound, "noise-multiplier": settings.noise_multiplier,
+            "num-clients": settings.num_clients, "clip-mode": settings.clip_mode,
         })
         log(INFO, "DpPredictionsMod: %s predictions clipped to L2 %.4g (%s), noise std %.4g",
-            logits.shape, bound, clip_mode, std)
+            logits.shape, noisy.norm_bound, settings.clip_mode, noisy.noise_std)
         return reply
 
 

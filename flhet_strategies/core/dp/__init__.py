@@ -9,6 +9,8 @@
   distributed noise), used by ``ConsensusDistillation(privacy=...)``.
 * :mod:`.update_noise` -- one client's clipped model update plus its noise share
   (distributed DP for FedAvg).
+* :mod:`.prediction_noise` -- one client's clipped probabilities plus its noise share
+  (distributed DP for the DS-FL consensus).
 
 Privacy accounting (epsilon, delta over rounds) lives in
 :mod:`flhet_strategies.privacy.accounting`, on Flower's ``RdpAccountant``.
@@ -31,6 +33,12 @@ from .gaussian import (
 )
 from .postprocess import noisy_rows_to_probabilities
 from .private_consensus import DP_MODES, PrivateConsensus
+from .prediction_noise import (
+    PREDICTION_ENCODINGS,
+    NoisyPredictions,
+    PredictionNoiseSettings,
+    privatize_predictions,
+)
 from .sensitivity import (
     ADD_OR_REMOVE_ONE,
     NEIGHBOURING_RELATIONS,
@@ -47,6 +55,9 @@ __all__ = [
     "CLIP_MODES",
     "DP_MODES",
     "NEIGHBOURING_RELATIONS",
+    "NoisyPredictions",
+    "PREDICTION_ENCODINGS",
+    "PredictionNoiseSettings",
     "PrivateConsensus",
     "REPLACE_ONE",
     "UPDATE_NOISE_KEYS",
@@ -63,6 +74,7 @@ __all__ = [
     "noisy_rows_to_probabilities",
     "payload_norm_bound",
     "prediction_payload_sensitivity",
+    "privatize_predictions",
     "privatize_update",
     "realized_noise_multiplier",
     "sensitivity_factor",
