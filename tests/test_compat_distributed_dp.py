@@ -10,15 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.client import NumPyClient
-from flwr.compat.common.recorddict_compat import (
-    fitins_to_recorddict,
-    fitres_to_recorddict,
-    recorddict_to_fitins,
-    recorddict_to_fitres,
-)
 from flwr.server.client_manager import SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.server import Server
+from inprocess_proxy import InProcessProxy
 
 from clients.dp_predictions_numpy_client import DpPredictionsNumPyClient
 from flhet_strategies.compat_api import FedConsensusCompat
@@ -61,30 +55,6 @@ class FixedClient(NumPyClient):
 
     def evaluate(self, parameters, config):
         return 0.5, 10, {"client_accuracy": 0.5, "client-id": self.client_id}
-
-
-class InProcessProxy(ClientProxy):
-    """Delivers fit instructions to a NumPyClient through Flower's RecordDict conversion."""
-
-    def __init__(self, cid: str, client: NumPyClient) -> None:
-        super().__init__(cid)
-        self.client = client.to_client()
-
-    def fit(self, ins, timeout, group_id):
-        ins = recorddict_to_fitins(fitins_to_recorddict(ins, True), True)
-        return recorddict_to_fitres(fitres_to_recorddict(self.client.fit(ins), True), True)
-
-    def evaluate(self, ins, timeout, group_id):
-        return self.client.evaluate(ins)
-
-    def get_properties(self, ins, timeout, group_id):
-        raise NotImplementedError
-
-    def get_parameters(self, ins, timeout, group_id):
-        raise NotImplementedError
-
-    def reconnect(self, ins, timeout, group_id):
-        raise NotImplementedError
 
 
 def test_compat_face_sends_the_cohort_and_sums_noisy_probability_replies() -> None:

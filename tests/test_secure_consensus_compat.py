@@ -15,20 +15,9 @@ import phe
 import pytest
 from flwr.client import NumPyClient
 from flwr.common import parameters_to_ndarrays
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.compat.common.recorddict_compat import (
-    evaluateins_to_recorddict,
-    evaluateres_to_recorddict,
-    fitins_to_recorddict,
-    fitres_to_recorddict,
-    recorddict_to_evaluateins,
-    recorddict_to_evaluateres,
-    recorddict_to_fitins,
-    recorddict_to_fitres,
-)
 from flwr.server.client_manager import SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.server import Server
+from inprocess_proxy import InProcessProxy
 
 from clients.secure_consensus_numpy_client import SecureConsensusNumPyClient
 from flhet_strategies.compat_api import FedConsensusCompat
@@ -99,38 +88,6 @@ class EchoDistillationClient(NumPyClient):
     def evaluate(self, parameters, config):
         return 0.5, 10, {"client_accuracy": 0.5, "global_accuracy": 0.4,
                          "client-id": self.client_id}
-
-
-class InProcessProxy(ClientProxy):
-    """Delivers instructions to a NumPyClient through Flower's RecordDict conversion and
-    protobuf serialization, both ways (what travels between server and client)."""
-
-    def __init__(self, cid: str, client: NumPyClient) -> None:
-        super().__init__(cid)
-        self.client = client.to_client()
-
-    @staticmethod
-    def _wire(recorddict):
-        return recorddict_from_proto(recorddict_to_proto(recorddict))
-
-    def fit(self, ins, timeout, group_id):
-        ins = recorddict_to_fitins(self._wire(fitins_to_recorddict(ins, True)), True)
-        return recorddict_to_fitres(self._wire(fitres_to_recorddict(self.client.fit(ins), True)),
-                                    True)
-
-    def evaluate(self, ins, timeout, group_id):
-        ins = recorddict_to_evaluateins(self._wire(evaluateins_to_recorddict(ins, True)), True)
-        return recorddict_to_evaluateres(self._wire(evaluateres_to_recorddict(
-            self.client.evaluate(ins))))
-
-    def get_properties(self, ins, timeout, group_id):
-        raise NotImplementedError
-
-    def get_parameters(self, ins, timeout, group_id):
-        raise NotImplementedError
-
-    def reconnect(self, ins, timeout, group_id):
-        raise NotImplementedError
 
 
 def secure_strategy(holder: KeyHolder, decryption: str = "delegate", num_rounds: int = 3,
