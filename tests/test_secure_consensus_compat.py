@@ -11,7 +11,6 @@ one of the four clients left unwrapped.
 from __future__ import annotations
 
 import numpy as np
-import phe
 import pytest
 from flwr.client import NumPyClient
 from flwr.common import parameters_to_ndarrays
@@ -38,6 +37,7 @@ from flhet_strategies.secure_consensus_compat import (
     SECURE_PLAN_ARRAY_KEYS,
     SecureConsensusCompat,
 )
+from key_audit import assert_holds_no_private_key
 
 NUM_PROXY, CLASSES, PER_ROUND = 300, 10, 40
 COUNTS = np.array([
@@ -128,34 +128,6 @@ def plaintext_mean(spec: SecureConsensusSpec, server_round: int, arrived: list[i
     votes = COUNTS[arrived].sum(axis=1, keepdims=True) * COUNTS[arrived].astype(float)
     weights = votes / votes.sum(axis=0, keepdims=True)
     return np.einsum("ic,isc->sc", weights, probs)
-
-
-def _reachable(root: object) -> list:
-    found, stack, seen = [], [root], set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
-            continue
-        seen.add(id(obj))
-        found.append(obj)
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        if hasattr(obj, "__dict__") and not isinstance(obj, type):
-            stack.extend(vars(obj).values())
-    return found
-
-
-def assert_holds_no_private_key(strategy, holder: KeyHolder) -> None:
-    reachable = _reachable(strategy)
-    assert any(isinstance(obj, phe.PaillierPublicKey) for obj in reachable)
-    assert not any(isinstance(obj, (phe.PaillierPrivateKey, KeyHolder)) for obj in reachable)
-    secrets = {holder._private_key.p, holder._private_key.q}
-    numbers = [v for obj in reachable if hasattr(obj, "__dict__") for v in vars(obj).values()
-               if isinstance(v, int)]
-    assert not secrets & set(numbers)
 
 
 # ---------------------------------------------------------------- the protocol end to end

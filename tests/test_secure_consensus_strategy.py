@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from uuid import uuid4
 
 import numpy as np
-import phe
 import pytest
 from flwr.app import (
     ArrayRecord,
@@ -56,6 +55,7 @@ from flhet_strategies.message_api import (
 )
 from flhet_strategies.records import arrays_to_record, record_to_arrays
 from flhet_strategies.secure_consensus_strategy import SecureConsensus
+from key_audit import assert_holds_no_private_key
 
 NUM_PROXY, CLASSES, PER_ROUND = 300, 10, 40
 NODES = {101: 0, 102: 1, 103: 2, 104: 3}   # Flower node id -> client id
@@ -344,37 +344,13 @@ def test_a_share_of_another_layout_or_a_presummed_share_is_rejected(holder) -> N
 # ---------------------------------------------------------------- keys on the server
 
 
-def _reachable(root: object) -> list:
-    found, stack, seen = [], [root], set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
-            continue
-        seen.add(id(obj))
-        found.append(obj)
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        if hasattr(obj, "__dict__") and not isinstance(obj, type):
-            stack.extend(vars(obj).values())
-    return found
-
-
 def test_the_server_wrapper_holds_no_private_key(holder) -> None:
     strategy = secure_strategy(holder)
     mods = {cid: PaillierConsensusMod(key_holder=holder) for cid in NODES.values()}
     seen: dict[int, list] = {cid: [] for cid in NODES.values()}
     run_round(strategy, 1, mods, seen)
     run_round(strategy, 2, mods, seen)
-    reachable = _reachable(strategy)
-    assert any(isinstance(obj, phe.PaillierPublicKey) for obj in reachable)
-    assert not any(isinstance(obj, (phe.PaillierPrivateKey, KeyHolder)) for obj in reachable)
-    secrets = {holder._private_key.p, holder._private_key.q}
-    numbers = [v for obj in reachable if hasattr(obj, "__dict__") for v in vars(obj).values()
-               if isinstance(v, int)]
-    assert not secrets & set(numbers)
+    assert_holds_no_private_key(strategy, holder)
 
 
 def test_the_wrapper_refuses_private_keys_and_rules_it_cannot_compute(holder) -> None:

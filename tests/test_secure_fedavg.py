@@ -43,6 +43,7 @@ from flhet_strategies.core.secure_sum.model_updates import (
 from flhet_strategies.records import arrays_to_record
 from flhet_strategies.secure_fedavg import SecureFedAvg
 from flhet_strategies.secure_fedavg_compat import SecureFedAvgCompat
+from key_audit import assert_holds_no_private_key
 
 MODEL = {"conv": np.zeros((4, 3, 5), np.float32), "bias": np.zeros(7, np.float64),
          "head": np.zeros((30, 10), np.float32)}
@@ -227,34 +228,6 @@ def test_server_side_objects_refuse_private_and_short_keys(holder) -> None:
         SecureFedAvg(FedAdam(), holder.public_key, clip_bound=1.0, max_examples=10)
     with pytest.raises(TypeError, match="SecureFedAvgCompat"):
         SecureFedAvg(CompatFedAvg(), holder.public_key, clip_bound=1.0, max_examples=10)
-
-
-def _reachable(root: object) -> list:
-    found, stack, seen = [], [root], set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
-            continue
-        seen.add(id(obj))
-        found.append(obj)
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        if hasattr(obj, "__dict__") and not isinstance(obj, type):
-            stack.extend(vars(obj).values())
-    return found
-
-
-def assert_holds_no_private_key(strategy: object, holder: KeyHolder) -> None:
-    reachable = _reachable(strategy)
-    assert any(isinstance(obj, phe.PaillierPublicKey) for obj in reachable)
-    assert not any(isinstance(obj, (phe.PaillierPrivateKey, KeyHolder)) for obj in reachable)
-    secrets = {holder._private_key.p, holder._private_key.q}
-    numbers = [v for obj in reachable if hasattr(obj, "__dict__") for v in vars(obj).values()
-               if isinstance(v, int)]
-    assert not secrets & set(numbers)
 
 
 # --------------------------------------------------------------------------- in-process

@@ -25,6 +25,7 @@ from flhet_strategies.core.secure_sum import (
     public_key_to_bytes,
 )
 from flhet_strategies.core.secure_sum.serialize import HEADER
+import key_audit
 
 FOREIGN_KEY_ERRORS = (KeyMismatchError, MalformedPayloadError, SecureSumOverflowError)
 
@@ -171,33 +172,11 @@ def test_wrong_summand_count_is_refused(holder: KeyHolder) -> None:
 # ---------------------------------------------------------------- keys
 
 
-def _objects_reachable_from(root: object) -> list[object]:
-    seen: set[int] = set()
-    stack, found = [root], []
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (int, float, str, bytes, type(None))):
-            continue
-        seen.add(id(obj))
-        found.append(obj)
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        if hasattr(obj, "__dict__"):
-            stack.extend(vars(obj).values())
-        for slot in getattr(type(obj), "__slots__", ()):
-            if hasattr(obj, slot):
-                stack.append(getattr(obj, slot))
-    return found
-
-
 def test_no_server_side_object_holds_a_private_key(holder: KeyHolder) -> None:
     codec = make_codec(holder, num_values=10, max_summands=3)
     aggregator = CiphertextAggregator(holder.public_key)
     aggregator.add(codec.encrypt(np.ones(10)).to_array(), codec.encrypt(np.zeros(10)))
-    reachable = _objects_reachable_from(aggregator) + _objects_reachable_from(aggregator.result())
+    reachable = key_audit.reachable(aggregator) + key_audit.reachable(aggregator.result())
     assert any(isinstance(obj, phe.PaillierPublicKey) for obj in reachable)
     assert not any(isinstance(obj, (phe.PaillierPrivateKey, KeyHolder)) for obj in reachable)
     for obj in reachable:
