@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
-from simulations.convergence import accuracy_series, compare, rounds_to_target  # noqa: F401
+from simulations.convergence import accuracy_series, compare
 from simulations.config import ExperimentConfig, load_config, parse_overrides
 
 DEFAULT_CONFIG = "simulations/configs/fmnist_free_rider.toml"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting, prediction_instability
+from simulations import convergence
 from flhet_strategies.core.consensus import ConsensusConfig
 from flhet_strategies.core.distillation import ConsensusDistillation
 from flhet_strategies.core.payload import ClientPayload
@@ -323,32 +324,32 @@ _SPEC.loader.exec_module(bench)
 
 def test_rounds_to_target_takes_the_first_evaluated_round_that_reaches_it():
     series = [(3, 0.5), (1, 0.2), (2, None), (4, 0.4)]
-    assert bench.rounds_to_target(series, 0.45) == 3
-    assert bench.rounds_to_target(series, 0.2) == 1
-    assert bench.rounds_to_target(series, 0.9) is None
+    assert convergence.rounds_to_target(series, 0.45) == 3
+    assert convergence.rounds_to_target(series, 0.2) == 1
+    assert convergence.rounds_to_target(series, 0.9) is None
 
 
 def test_compare_reports_rounds_and_their_ratio():
     unadapted = [(1, 0.2), (2, 0.4), (3, 0.5), (4, 0.6)]
     adaptive = [(1, 0.2), (2, 0.58), (3, 0.62), (4, 0.63)]
-    result = bench.compare(unadapted, adaptive, target_fraction=0.95)
+    result = convergence.compare(unadapted, adaptive, target_fraction=0.95)
     assert result["target"] == pytest.approx(0.57)
     assert (result["unadapted_rounds"], result["adaptive_rounds"]) == (4, 2)
     assert result["ratio"] == pytest.approx(0.5)
     assert (result["unadapted_mean"], result["adaptive_mean"]) == pytest.approx((0.425, 0.5075))
-    missed = bench.compare(unadapted, [(1, 0.1), (2, 0.2)], 0.95)
+    missed = convergence.compare(unadapted, [(1, 0.1), (2, 0.2)], 0.95)
     assert missed["adaptive_rounds"] is None and missed["ratio"] is None
-    assert bench.compare(unadapted, adaptive, 0.5, target_accuracy=0.45)["adaptive_rounds"] == 2
+    assert convergence.compare(unadapted, adaptive, 0.5, target_accuracy=0.45)["adaptive_rounds"] == 2
     with pytest.raises(ValueError, match="target_fraction"):
-        bench.compare(unadapted, adaptive, 1.5)
+        convergence.compare(unadapted, adaptive, 1.5)
 
 
 def test_accuracy_series_can_leave_out_clients():
     history = [{"round": 2, "global_accuracy_mean": 0.4,
                 "per_client": {"0": {"global_accuracy": 0.6}, "1": {"global_accuracy": 0.2}}},
                {"round": 1, "global_accuracy_mean": None}]
-    assert bench.accuracy_series(history) == [(1, None), (2, 0.4)]
-    assert bench.accuracy_series(history, exclude=["1"]) == [(1, None), (2, 0.6)]
+    assert convergence.accuracy_series(history) == [(1, None), (2, 0.4)]
+    assert convergence.accuracy_series(history, exclude=["1"]) == [(1, None), (2, 0.6)]
 
 
 @pytest.mark.integration

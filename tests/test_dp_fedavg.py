@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from flhet_strategies.dp_fedavg import DpFedAvg
 from flhet_strategies.dp_fedavg_compat import DpFedAvgCompat
