@@ -16,6 +16,8 @@ from typing import Any
 
 from flhet_strategies.core.consensus import ConsensusConfig
 from flhet_strategies.core.contribution.auto import ESTIMATOR_NAMES
+from flhet_strategies.core.dp.clipping import CLIP_MODES
+from flhet_strategies.core.dp.private_consensus import DP_MODES
 from flhet_strategies.core.recipe import DistillationRecipe
 
 from .data.partitioning import PartitionerSpec
@@ -203,9 +205,6 @@ class AdaptiveConfig:
             raise ValueError(f"target_fraction must lie in (0, 1], got {self.target_fraction}")
 
 
-DP_MODES = ("central", "distributed")
-
-
 @dataclass(frozen=True)
 class DpConfig:
     """Client-level differential privacy of the released consensus.
@@ -233,8 +232,8 @@ class DpConfig:
     delta : float
         The delta epsilon is reported at.
     max_epsilon : float, optional
-        Budget: the run stops cleanly (results and client models saved) before a round
-        would exceed it. Default: ``target_epsilon``.
+        Budget: the run stops cleanly (results and the server's state saved; the last
+        round that fits is the clients' final round) before a round would exceed it. Default: ``target_epsilon``.
     clip_norm : float
         Clipping parameter (the row bound with ``"per-row"``; 1 clips nothing).
     clip_mode : str
@@ -278,8 +277,8 @@ class DpConfig:
             raise ValueError(f"min_margin must be non-negative, got {self.min_margin}")
         if self.min_rows < 0:
             raise ValueError(f"min_rows must be non-negative, got {self.min_rows}")
-        if self.clip_mode not in ("per-row", "flat"):
-            raise ValueError(f'clip_mode must be "per-row" or "flat", got {self.clip_mode!r}')
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
 
     @property
     def budget(self) -> float | None:

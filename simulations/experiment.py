@@ -21,13 +21,16 @@ from clients.learners.sklearn_learner import SklearnLearner
 from clients.learners.torch_learner import TorchLearner
 from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
+from clients.mods.dp_predictions import DpPredictionsMod
+from clients.mods.paillier_consensus import PaillierConsensusMod
 from clients.numpy_client import DistillationNumPyClient
 from clients.secure_consensus_numpy_client import SecureConsensusNumPyClient
 from clients.state import client_id_from_context
-from clients.mods.dp_predictions import DpPredictionsMod
-from clients.mods.paillier_consensus import PaillierConsensusMod
 from flhet_strategies.compat_api import FedConsensusCompat
 from flhet_strategies.consensus_server import expected_cohort
+from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
+from flhet_strategies.core.contribution.ledger import ContributionLedger
+from flhet_strategies.core.contribution.weighting import ContributionWeighting
 from flhet_strategies.core.dp.private_consensus import PrivateConsensus
 from flhet_strategies.core.secure_sum.key_files import (
     PRIVATE_KEY_FILE,
@@ -38,14 +41,11 @@ from flhet_strategies.core.secure_sum.key_files import (
 )
 from flhet_strategies.core.secure_sum.keys import key_fingerprint
 from flhet_strategies.core.weighting import sample_count_weights
+from flhet_strategies.message_api import FedConsensus
 from flhet_strategies.privacy.accounting import noise_multiplier_for_epsilon
 from flhet_strategies.privacy.round_budget import RoundBudget, sampling_for_fraction
 from flhet_strategies.secure_consensus_compat import SecureConsensusCompat
 from flhet_strategies.secure_consensus_strategy import SecureConsensus
-from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
-from flhet_strategies.core.contribution.ledger import ContributionLedger
-from flhet_strategies.core.contribution.weighting import ContributionWeighting
-from flhet_strategies.message_api import FedConsensus
 
 from .config import ExperimentConfig
 from .data.federated_split import FederatedSplit, make_federated_split
@@ -275,6 +275,12 @@ def _client_for(cfg: ExperimentConfig, context: Context) -> DistillationClient:
     return build_client(cfg, client_id_from_context(context))
 
 
+def _private_key_path(key_files: KeyFiles | None) -> Path:
+    if key_files is None:
+        raise ValueError("[paillier] enabled: the client app needs the dealt key_files")
+    return key_files.private_path
+
+
 def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> list:
     """Client mods of the experiment's main run (Message API).
 
@@ -286,9 +292,8 @@ def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> lis
     """
     mods: list = []
     if cfg.paillier.enabled:
-        if key_files is None:
-            raise ValueError("[paillier] enabled: the client app needs the dealt key_files")
-        mods.append(PaillierConsensusMod(key_files.private_path, workers=cfg.paillier.workers))
+        mods.append(PaillierConsensusMod(_private_key_path(key_files),
+                                         workers=cfg.paillier.workers))
     if cfg.dp.enabled and cfg.dp.mode == "distributed":
         mods.append(DpPredictionsMod(encoding="probabilities"))
     return mods
@@ -302,8 +307,7 @@ def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
                                        mods=client_mods(cfg, key_files))
     from flwr.clientapp import ClientApp
 
-    if cfg.paillier.enabled and key_files is None:
-        raise ValueError("[paillier] enabled: the client app needs the dealt key_files")
+    private_key = _private_key_path(key_files) if cfg.paillier.enabled else None
 
     def client_fn(context: Context):
         client = _client_for(cfg, context)
@@ -311,7 +315,7 @@ def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
         if cfg.dp.enabled and cfg.dp.mode == "distributed":   # compat face of DpPredictionsMod
             numpy_client = DpPredictionsNumPyClient(numpy_client)
         if cfg.paillier.enabled:   # compat face of the Paillier mod
-            numpy_client = SecureConsensusNumPyClient(numpy_client, key_files.private_path,
+            numpy_client = SecureConsensusNumPyClient(numpy_client, private_key,
                                                       workers=cfg.paillier.workers)
         return numpy_client.to_client()
 

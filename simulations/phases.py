@@ -31,12 +31,12 @@ import numpy as np
 
 from .config import ExperimentConfig
 from .convergence import accuracy_series, compare
+from .results import assemble_results
 from .experiment import (
     LOCAL_ONLY_PHASE,
     SAMPLE_COUNT_PHASE,
     build_strategy,
     contribution_ledger,
-    dp_noise_multiplier,
     inner_strategy,
     without_adaptation,
     without_privacy,
@@ -120,8 +120,6 @@ def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object,
     key_files : KeyFiles, optional
         The Paillier keys of a ``[paillier]`` run.
     """
-    from .runner import assemble_results  # the runner imports this module
-
     main, main_seconds = finished[MAIN_PHASE]
     sample = finished.get(SAMPLE_COUNT_PHASE, (None, 0.0))[0]
     baselines = {name: finished[name][0].history for name in BASELINE_PHASES
@@ -156,7 +154,7 @@ def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
     inner = inner_strategy(strategy)
     budget = inner.budget
     return {
-        "mode": cfg.dp.mode, "noise_multiplier": dp_noise_multiplier(cfg),
+        "mode": cfg.dp.mode, "noise_multiplier": inner.server.protocol.privacy.noise_multiplier,
         "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode,
         "min_margin": cfg.dp.min_margin, "min_rows": cfg.dp.min_rows,
         "released_rows": [e.get("released_rows") for e in inner.history if "epsilon" in e],

@@ -11,7 +11,8 @@ from simulations.config import from_dict
 from simulations.contribution_report import contribution_markdown, write_contributions_png
 from simulations.experiment import contribution_ledger
 from simulations.reporting import validate_results
-from simulations.runner import assemble_results, simulate_strategy
+from simulations.results import assemble_results
+from simulations.runner import simulate_strategy
 
 pytestmark = pytest.mark.integration
 
