@@ -89,7 +89,7 @@ def sample_fraction(items: Sequence, fraction: float, seed: int, server_round: i
         return []
     if fraction >= 1.0:
         return list(items)
-    size = max(int(len(items) * fraction), 1)
+    size = expected_cohort(len(items), fraction)
     rng = np.random.default_rng([int(seed), int(server_round), 7])
     picked = np.sort(rng.choice(len(items), size=size, replace=False))
     return [items[i] for i in picked]
@@ -253,16 +253,16 @@ class ConsensusServer:
             when no reply was valid, and round metrics (accepted/rejected counts,
             mean training losses of the accepted clients).
         """
-        if server_round in self._refused:
+        if self.is_refused(server_round):
             return None, {}
-        cohort = self._cohorts.get(int(server_round))
         outcome = self.protocol.aggregate(
-            server_round, [r.to_payload(self.prediction_key) for r in results], cohort)
+            server_round, [r.to_payload(self.prediction_key) for r in results],
+            self.cohort_size(server_round))
         self.history.record_train(server_round, outcome, failures)
         privacy: dict[str, float] = {}
         if outcome.noise_multiplier is not None:
             privacy = self.record_release(server_round, outcome.noise_multiplier,
-                                          int(len(outcome.consensus)))
+                                          len(outcome.consensus))
         accepted = set(outcome.accepted)
         metrics: dict[str, float] = {
             "num-accepted": float(len(outcome.accepted)),
@@ -322,7 +322,7 @@ class ConsensusServer:
 
     def should_evaluate(self, server_round: int) -> bool:
         """Whether clients evaluate after ``server_round``."""
-        if server_round in self._refused:
+        if self.is_refused(server_round):
             return False
         last = self.num_rounds is not None and server_round >= self.num_rounds
         if self.num_rounds is not None and server_round > self.num_rounds:

@@ -362,14 +362,13 @@ class DpFedAvg(DpBudgetSettings, Strategy):
                 time.sleep(1)
         budget = self._ensure_budget(len(list(grid.get_node_ids())))
         rounds = budget.cap(num_rounds, self.noise_multiplier, self._expected_cohort(budget))
-        guarded_fn = None
-        if evaluate_fn is not None:
-            def guarded_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-                if self._stopped(server_round):
-                    return None
-                return evaluate_fn(server_round, arrays)
+        def guarded_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if self._stopped(server_round):
+                return None
+            return evaluate_fn(server_round, arrays)
+
         result = super().start(grid, initial_arrays, rounds, timeout, train_config,
-                               evaluate_config, guarded_fn)
+                               evaluate_config, None if evaluate_fn is None else guarded_fn)
         if len(result.arrays) == 0:
             result.arrays = initial_arrays
         return result

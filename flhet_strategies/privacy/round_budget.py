@@ -99,6 +99,14 @@ def mean_noise_multiplier(
     float
         ``z * sum(weights) / (m * max(weights))``; give this to the ledger.
     """
+    values = _mean_weights(noise_multiplier, num_expected, weights)
+    return float(noise_multiplier) * sum(values) / (int(num_expected) * max(values))
+
+
+def _mean_weights(
+    noise_multiplier: float, num_expected: int, weights: Sequence[float]
+) -> list[float]:
+    """Validate the arguments of the ``*mean_noise_multiplier`` functions; the weights."""
     if isinstance(noise_multiplier, bool) or not (
         math.isfinite(noise_multiplier) and noise_multiplier > 0
     ):
@@ -110,7 +118,7 @@ def mean_noise_multiplier(
         raise ValueError("weights is empty: a mean of no replies releases nothing")
     if not all(math.isfinite(w) and w >= 0 for w in values) or max(values) == 0:
         raise ValueError(f"weights must be finite, non-negative and not all zero, got {values}")
-    return float(noise_multiplier) * sum(values) / (int(num_expected) * max(values))
+    return values
 
 
 def distributed_mean_noise_multiplier(
@@ -145,9 +153,7 @@ def distributed_mean_noise_multiplier(
     float
         ``z * sqrt(sum(w_i^2) / m) / max(w_i)``; give this to the ledger.
     """
-    # mean_noise_multiplier validates the same arguments.
-    mean_noise_multiplier(noise_multiplier, num_shares, weights)
-    values = [float(w) for w in weights]
+    values = _mean_weights(noise_multiplier, num_shares, weights)
     return float(noise_multiplier) * math.sqrt(sum(w * w for w in values) / int(num_shares)) \
         / max(values)
 

@@ -23,7 +23,6 @@ under the keys of :mod:`.private_consensus` (:meth:`PrivateConsensus.client_conf
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from .private_consensus import (
     NOISE_MULTIPLIER_KEY,
     NUM_CLIENTS_KEY,
 )
+from .update_noise import _config_value, _positive_count, _positive_number
 
 PREDICTION_ENCODINGS = ("log-probabilities", "probabilities")
 """How a noisy payload is sent: clamped log-probabilities, or linear probabilities."""
@@ -77,17 +77,11 @@ class PredictionNoiseSettings:
     clip_mode: str = "flat"
 
     def __post_init__(self) -> None:
-        for key, name in ((NOISE_MULTIPLIER_KEY, "noise_multiplier"), (CLIP_NORM_KEY, "clip_norm")):
-            value = getattr(self, name)
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"'{key}' must be a positive number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        n = self.num_clients
-        if n is None or isinstance(n, bool) or not isinstance(n, (int, float)) \
-                or not math.isfinite(n) or int(n) != n or n < 1:
-            raise ValueError(f"'{NUM_CLIENTS_KEY}' must be a positive integer, got {n!r}")
-        object.__setattr__(self, "num_clients", int(n))
+        object.__setattr__(self, "noise_multiplier",
+                           _positive_number(self.noise_multiplier, NOISE_MULTIPLIER_KEY))
+        object.__setattr__(self, "clip_norm", _positive_number(self.clip_norm, CLIP_NORM_KEY))
+        object.__setattr__(self, "num_clients",
+                           _positive_count(self.num_clients, NUM_CLIENTS_KEY))
         if self.clip_mode not in CLIP_MODES:
             raise ValueError(f"'{CLIP_MODE_KEY}' must be one of {CLIP_MODES}, "
                              f"got {self.clip_mode!r}")
@@ -128,17 +122,12 @@ class PredictionNoiseSettings:
         ValueError
             Naming the key that is missing from both or has a bad value.
         """
-        values = {}
-        for key, default in ((NOISE_MULTIPLIER_KEY, noise_multiplier), (CLIP_NORM_KEY, clip_norm),
-                             (NUM_CLIENTS_KEY, num_clients), (CLIP_MODE_KEY, clip_mode)):
-            value = config.get(key, default)
-            if value is None:
-                raise ValueError(
-                    f"'{key}' is neither in the train config nor given to {owner}; the "
-                    "server sends it with PrivateConsensus(mode='distributed')")
-            values[key] = value
-        return cls(values[NOISE_MULTIPLIER_KEY], values[CLIP_NORM_KEY],
-                   values[NUM_CLIENTS_KEY], values[CLIP_MODE_KEY])
+        return cls(*(_config_value(config, key, default, owner,
+                                   "PrivateConsensus(mode='distributed')")
+                     for key, default in ((NOISE_MULTIPLIER_KEY, noise_multiplier),
+                                          (CLIP_NORM_KEY, clip_norm),
+                                          (NUM_CLIENTS_KEY, num_clients),
+                                          (CLIP_MODE_KEY, clip_mode))))
 
 
 @dataclass(frozen=True)
@@ -208,9 +197,7 @@ def privatize_predictions(
                          f"got dtype {logits.dtype}, shape {logits.shape}")
     bound = settings.norm_bound(logits.shape[0])
     clipped = clip_payload(softmax(logits), settings.clip_norm, settings.clip_mode)
-    generator = rng if rng is not None else np.random.default_rng()
-    noisy = add_noise_share(clipped, settings.noise_multiplier, bound, settings.num_clients,
-                            generator)
+    noisy = add_noise_share(clipped, settings.noise_multiplier, bound, settings.num_clients, rng)
     if encoding == "log-probabilities":
         values = np.log(noisy_rows_to_probabilities(noisy, floor=float(min_probability)))
     else:

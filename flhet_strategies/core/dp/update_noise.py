@@ -54,6 +54,16 @@ def _positive_count(value: Any, key: str) -> int:
     return int(value)
 
 
+def _config_value(config: Mapping[str, Any], key: str, default: Any, owner: str,
+                  sender: str) -> Any:
+    """``config[key]``, else ``default``; a ValueError naming ``key`` if both are missing."""
+    value = config.get(key, default)
+    if value is None:
+        raise ValueError(f"'{key}' is neither in the train config nor given to {owner}; the "
+                         f"server sends it with {sender}")
+    return value
+
+
 @dataclass(frozen=True)
 class UpdateNoiseSettings:
     """The three numbers a client needs to add its share of the noise to its update.
@@ -118,16 +128,10 @@ class UpdateNoiseSettings:
         ValueError
             Naming the key that is missing from both or has a bad value.
         """
-        def pick(key: str, default: Any) -> Any:
-            value = config.get(key, default)
-            if value is None:
-                raise ValueError(
-                    f"'{key}' is neither in the train config nor given to the client; the "
-                    "server sends it with DpFedAvg(..., clipping='distributed')")
-            return value
-
-        return cls(pick(NOISE_MULTIPLIER_KEY, noise_multiplier),
-                   pick(CLIP_NORM_KEY, clipping_norm), pick(NUM_CLIENTS_KEY, num_clients))
+        defaults = (noise_multiplier, clipping_norm, num_clients)
+        return cls(*(_config_value(config, key, default, "the client",
+                                   "DpFedAvg(..., clipping='distributed')")
+                     for key, default in zip(UPDATE_NOISE_KEYS, defaults)))
 
 
 def _float_arrays(arrays: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
