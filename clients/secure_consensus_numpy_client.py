@@ -141,13 +141,9 @@ class SecureConsensusNumPyClient(PaillierNumPyBase):
         indices = np.asarray(plan["consensus_indices"], dtype=np.int64)
         start = time.perf_counter()
         try:
-            if sealed.size:   # one client decrypted for everyone: open the seal
-                plan["consensus"] = self.sum_client().open_seal(spec, sealed, indices)
-                how = "opened the sealed consensus"
-            else:
-                plan["consensus"], num_summands = self.sum_client().decrypt(
-                    spec, encrypted, indices)
-                how = f"decrypted the consensus of {num_summands} clients"
+            sums = self.sum_client()
+            plan["consensus_indices"], plan["consensus"], how = sums.relayed_consensus(
+                spec, encrypted, sealed if sealed.size else None, indices)
         except (ValueError, SecureSumError) as error:
             log(ERROR, "SecureConsensusNumPyClient: the encrypted consensus does not decrypt "
                 "(%s); training without a consensus this round", error)
@@ -182,8 +178,7 @@ class SecureConsensusNumPyClient(PaillierNumPyBase):
                                  f"consensus_indices], got {len(parameters)} arrays")
             spec = SecureConsensusSpec.from_json(str(config[SPEC_CONFIG_KEY]))
             indices = np.asarray(parameters[1], dtype=np.int64)
-            consensus, num_summands = self.sum_client().decrypt(spec, parameters[0], indices)
-            sealed = self.sum_client().seal(spec, consensus, indices)
+            sealed, num_summands = self.sum_client().decrypt_and_seal(spec, parameters[0], indices)
         except (ValueError, TypeError, OSError, SecureSumError) as error:
             log(ERROR, "SecureConsensusNumPyClient: cannot decrypt the sum for the cohort: %s",
                 error)

@@ -245,8 +245,7 @@ class SecureConsensusCompat(SecureConsensusViews, Strategy):
             else:
                 problem = (f"its evaluation metrics hold no '{SEALED_CONSENSUS_ARRAY}' bytes "
                            "(is the client wrapped in SecureConsensusNumPyClient?)")
-            if self.secure.receive_seal(request, chosen, sealed, problem, keep=True) is None:
-                self.secure.forget_seal()
+            self.secure.receive_seal(request, chosen, sealed, problem, keep=True)
         cleaned = [(proxy, EvaluateRes(res.status, res.loss, res.num_examples,
                                        {k: v for k, v in res.metrics.items()
                                         if k not in DECRYPT_ANSWER_METRICS}))

@@ -60,6 +60,7 @@ from .core.secure_sum import (
     key_fingerprint,
     validate_public_key,
 )
+from .core.secure_sum.aggregate import one_client_share
 from .core.weighting import sample_count_weights, uniform_weights
 
 _WEIGHTINGS = {sample_count_weights: "sample_count", uniform_weights: "uniform"}
@@ -298,7 +299,8 @@ class SecureConsensusServer:
             Why there is no usable answer (no reply, the client's error).
         keep : bool (default: False)
             Keep the seal for :meth:`take_seal` (an answer that arrived with an
-            evaluation, before the round it is for).
+            evaluation, before the round it is for); without a usable seal, drop any
+            kept one.
         """
         if problem is None:
             if sealed is None:
@@ -310,6 +312,8 @@ class SecureConsensusServer:
         if problem is not None:
             log(WARNING, "round %s: node %s did not decrypt the consensus for the cohort (%s); "
                 "every client decrypts it instead", request.for_round, node, problem)
+            if keep:
+                self._early_seal = None
             return None
         self._query_bytes_up[request.for_round] = int(sealed.nbytes)
         log(INFO, "round %s: node %s decrypted and sealed the consensus for the cohort "
@@ -326,10 +330,6 @@ class SecureConsensusServer:
                 not np.array_equal(early[1], self._sum_indices):
             return None
         return early[2]
-
-    def forget_seal(self) -> None:
-        """Drop a kept seal (its request was not answered)."""
-        self._early_seal = None
 
     # ------------------------------------------------------------------ aggregation
 
@@ -427,13 +427,8 @@ class SecureConsensusServer:
         if isinstance(num_examples, bool) or not isinstance(num_examples, (int, float)) \
                 or int(num_examples) != num_examples or num_examples <= 0:
             raise ValueError(f"num-examples must be a positive integer, got {num_examples!r}")
-        vector = EncryptedVector.from_array(np.asarray(arrays[ENCRYPTED_CONTRIBUTION_ARRAY]),
-                                            self.public_key)
-        layout.check_same(vector.layout, "the encrypted share")
-        if vector.num_summands != 1:
-            raise ValueError(
-                f"a share must hold one client's vector, this one claims {vector.num_summands}")
-        return vector
+        return one_client_share(np.asarray(arrays[ENCRYPTED_CONTRIBUTION_ARRAY]),
+                                self.public_key, layout)
 
     def _weights(self, shares: list[tuple[str, EncryptedVector, Mapping]]) -> dict[str, float]:
         if not shares:

@@ -260,8 +260,7 @@ class SecureConsensus(SecureConsensusViews, Strategy):
 
             answer = [r for r in replies if is_answer(r)]
             replies = [r for r in replies if not is_answer(r)]
-            if self._sealed_from(answer, request, message, keep=True) is None:
-                self.secure.forget_seal()
+            self._sealed_from(answer, request, message, keep=True)
         return self.strategy.aggregate_evaluate(server_round, replies)
 
 

@@ -99,7 +99,6 @@ from flhet_strategies.core.secure_consensus import (
     SEALED_CONSENSUS_ARRAY,
     SPEC_CONFIG_KEY,
     SecureConsensusSpec,
-    released_rows,
 )
 from flhet_strategies.core.secure_consensus_client import ConsensusSumClient
 from flhet_strategies.core.secure_sum import SecureSumError
@@ -221,8 +220,8 @@ class PaillierConsensusMod(PaillierClientSettings):
             if ENCRYPTED_CONSENSUS_ARRAY not in arrays or "consensus_indices" not in arrays:
                 raise ValueError("the decryption request lacks the encrypted sum or its indices")
             indices = np.asarray(arrays["consensus_indices"], dtype=np.int64)
-            consensus, num_summands = sums.decrypt(spec, arrays[ENCRYPTED_CONSENSUS_ARRAY], indices)
-            sealed = sums.seal(spec, consensus, indices)
+            sealed, num_summands = sums.decrypt_and_seal(spec, arrays[ENCRYPTED_CONSENSUS_ARRAY],
+                                                         indices)
         except (ValueError, TypeError, OSError, SecureSumError) as error:
             return _error_reply(msg, f"PaillierConsensusMod: cannot decrypt for the cohort: "
                                 f"{error}")
@@ -248,14 +247,8 @@ class PaillierConsensusMod(PaillierClientSettings):
         start = time.perf_counter()
         failure = None
         try:
-            if sealed is not None:   # one client decrypted for everyone: open the seal
-                arrays["consensus"] = sums.open_seal(spec, sealed, indices)
-                how = "opened the sealed consensus"
-            else:
-                arrays["consensus"], num_summands = sums.decrypt(spec, encrypted, indices)
-                how = f"decrypted the consensus of {num_summands} clients"
-            arrays["consensus_indices"], arrays["consensus"] = released_rows(
-                indices, arrays["consensus"])
+            arrays["consensus_indices"], arrays["consensus"], how = sums.relayed_consensus(
+                spec, encrypted, sealed, indices)
             log(INFO, "PaillierConsensusMod: %s in %.2f s", how, time.perf_counter() - start)
         except (ValueError, SecureSumError) as error:
             failure = str(error)

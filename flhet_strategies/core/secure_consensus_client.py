@@ -18,7 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .secure_consensus import SecureConsensusSpec, consensus_context, consensus_from_bytes
+from .secure_consensus import (
+    SecureConsensusSpec,
+    consensus_context,
+    consensus_from_bytes,
+    released_rows,
+)
 from .secure_sum.sealing import GroupSeal
 from .secure_sum.share_client import ShareClient
 
@@ -112,6 +117,54 @@ class ConsensusSumClient(ShareClient):
         data = GroupSeal(self.holder).unseal(
             sealed, consensus_context(spec.key_fingerprint, indices, spec.num_classes))
         return consensus_from_bytes(data, len(indices), spec.num_classes)
+
+    def relayed_consensus(self, spec: SecureConsensusSpec, encrypted: np.ndarray | bytes | None,
+                          sealed: np.ndarray | bytes | None, indices: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, str]:
+        """The consensus a plan relays: open the seal if there is one, else decrypt the sum.
+
+        Parameters
+        ----------
+        spec : SecureConsensusSpec
+            This round's spec.
+        encrypted : np.ndarray or bytes, optional
+            The relayed encrypted sum (used when ``sealed`` is None).
+        sealed : np.ndarray or bytes, optional
+            The consensus another client sealed for the cohort.
+        indices : np.ndarray
+            The proxy indices of the consensus rows.
+
+        Returns
+        -------
+        tuple
+            The released indices and consensus rows (:func:`.released_rows`) and what was
+            done, for the log.
+
+        Raises
+        ------
+        ValueError, SecureSumError
+            As :meth:`open_seal` or :meth:`decrypt`.
+        """
+        if sealed is not None:   # one client decrypted for everyone: open the seal
+            consensus = self.open_seal(spec, sealed, indices)
+            how = "opened the sealed consensus"
+        else:
+            consensus, num_summands = self.decrypt(spec, encrypted, indices)
+            how = f"decrypted the consensus of {num_summands} clients"
+        released_indices, released = released_rows(indices, consensus)
+        return released_indices, released, how
+
+    def decrypt_and_seal(self, spec: SecureConsensusSpec, encrypted: np.ndarray | bytes,
+                         indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """Decrypt a sum for the whole cohort and seal it (:meth:`decrypt`, :meth:`seal`).
+
+        Returns
+        -------
+        tuple
+            The seal (``uint8``) and the number of clients in the sum.
+        """
+        consensus, num_summands = self.decrypt(spec, encrypted, indices)
+        return self.seal(spec, consensus, indices), num_summands
 
     def encrypt(self, spec: SecureConsensusSpec, logits: np.ndarray,
                 class_counts: np.ndarray | None, num_examples: int) -> ConsensusShare:

@@ -144,3 +144,32 @@ class CiphertextAggregator:
             "payloads must be EncryptedVector or uint8 arrays from to_array(), got "
             f"{type(payload).__name__}"
         )
+
+
+def one_client_share(payload: np.ndarray | bytes, public_key: PaillierPublicKey,
+                     layout: SecureSumLayout, what: str = "vector") -> EncryptedVector:
+    """Parse one client's encrypted share and check it can join the round's sum.
+
+    Parameters
+    ----------
+    payload : np.ndarray or bytes
+        The serialized :class:`.EncryptedVector` a client sent.
+    public_key : phe.PaillierPublicKey
+        The key the share must be under.
+    layout : SecureSumLayout
+        The round's layout, which the share must have.
+    what : str (default: "vector")
+        What a share holds, for the error message (e.g. ``"model"``).
+
+    Raises
+    ------
+    ValueError, SecureSumError
+        If the share is malformed, under another key, has another layout or claims more
+        than one summand.
+    """
+    vector = EncryptedVector.from_array(payload, public_key)
+    layout.check_same(vector.layout, "the encrypted share")
+    if vector.num_summands != 1:
+        raise ValueError(
+            f"a share must hold one client's {what}, this one claims {vector.num_summands}")
+    return vector

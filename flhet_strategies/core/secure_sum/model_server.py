@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from phe import PaillierPublicKey
 
-from .aggregate import CiphertextAggregator
-from .encrypted_vector import EncryptedVector
+from .aggregate import CiphertextAggregator, one_client_share
 from .errors import SecureSumError
 from .keys import key_fingerprint, validate_public_key
 from .model_updates import MODEL_WEIGHTINGS, SecureModelSpec
@@ -140,13 +139,7 @@ class ModelSumServer:
                         "the share must be a 1-D uint8 array (a serialized encrypted "
                         f"vector), got {type(payload).__name__} "
                         f"{getattr(payload, 'dtype', '')} {getattr(payload, 'shape', '')}")
-                vector = EncryptedVector.from_array(payload, self.public_key)
-                layout.check_same(vector.layout, "the encrypted share")
-                if vector.num_summands != 1:
-                    raise ValueError(
-                        f"a share must hold one client's model, this one claims "
-                        f"{vector.num_summands}")
-                aggregator.add(vector)
+                aggregator.add(one_client_share(payload, self.public_key, layout, "model"))
                 outcome.accepted.append(client_id)
             except (SecureSumError, ValueError) as error:
                 outcome.rejected[client_id] = str(error)
