@@ -4,10 +4,10 @@ Runs the same experiment twice in Flower's simulation engine (Ray), per seed:
 
 1. **unadapted**: the configured strategy (:func:`simulations.experiment.build_strategy`),
    its weight function wrapped in an audit-only
-   :class:`~flhet_strategies.core.adaptive_weighting.AdaptiveWeighting` (the
+   :class:`~flhet_strategies.weighting.adaptive.AdaptiveWeighting` (the
    stability of every client is measured and reported, the weights are unchanged);
 2. **adaptive**: the same strategy with the weight function wrapped in
-   :class:`~flhet_strategies.core.adaptive_weighting.AdaptiveWeighting`, i.e. each
+   :class:`~flhet_strategies.weighting.adaptive.AdaptiveWeighting`, i.e. each
    client's weight scaled by the test-retest reliability of its predictions.
 
 It prints the per-round mean global-test accuracy of both (and the same mean without
@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
+from flhet_strategies.weighting.adaptive import AdaptiveWeighting
 from simulations.convergence import accuracy_series, compare
 from simulations.config import ExperimentConfig, load_config, parse_overrides
 

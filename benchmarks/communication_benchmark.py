@@ -29,8 +29,8 @@ from torch import nn
 
 from clients.models.zoo import ARCHITECTURES, build_model, count_parameters
 from flhet_strategies.core.distillation import ConsensusDistillation, RoundPlan
-from flhet_strategies.core.payload import ClientPayload
-from flhet_strategies.records import arrays_to_record, record_nbytes
+from flhet_strategies.aggregation.payload import ClientPayload
+from flhet_strategies.faces.records import arrays_to_record, record_nbytes
 
 DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
     "Fashion-MNIST": ((1, 28, 28), 10),

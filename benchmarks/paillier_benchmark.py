@@ -22,14 +22,14 @@ import time
 
 import numpy as np
 
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     CiphertextAggregator,
     KeyHolder,
     RandomnessPool,
     SecureSumCodec,
     SecureSumLayout,
 )
-from flhet_strategies.core.secure_sum.serialize import HEADER, ciphertext_bytes
+from flhet_strategies.privacy.paillier.serialize import HEADER, ciphertext_bytes
 
 
 def timed(function, *args):

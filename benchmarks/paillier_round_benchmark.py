@@ -38,7 +38,7 @@ import numpy as np
 from clients.client_app import distillation_client_app
 from clients.mods.paillier_consensus import PaillierConsensusMod
 from clients.state import client_id_from_context
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     CiphertextAggregator,
     EncryptedVector,
     RandomnessPool,

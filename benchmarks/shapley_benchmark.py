@@ -27,13 +27,18 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# The synthetic game is a test fixture (tests/synthetic_games.py), shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from flhet_strategies.core.contribution import (  # noqa: E402
+from flhet_strategies.weighting.contribution import (  # noqa: E402
     ExactShapley,
     GTGShapley,
     LogitConsensusUtility,
@@ -41,7 +46,7 @@ from flhet_strategies.core.contribution import (  # noqa: E402
     RegressionAdjustedSVARM,
     StratifiedSVARM,
 )
-from flhet_strategies.core.contribution.synthetic import make_synthetic_logit_game  # noqa: E402
+from synthetic_games import make_synthetic_logit_game  # noqa: E402
 
 EstimateFn = Callable[[LogitConsensusUtility, int, int], tuple[np.ndarray, int]]
 

@@ -1,31 +1,44 @@
 """flhet clients: wrap any model and its data for model-heterogeneous FL.
 
-- :class:`DistillationClient` -- a learner plus its private data, API-neutral.
+- :class:`FederatedClient` -- a learner, its data and its state (``DistillationClient``
+  is its earlier name).
 - :class:`TorchLearner`, :class:`SklearnLearner` -- adapters for PyTorch and
   scikit-learn models (implement :class:`Learner` for anything else).
-- :class:`DistillationNumPyClient` -- compat-API ``NumPyClient`` shell.
-- :class:`PaillierNumPyClient` -- wraps any ``NumPyClient`` for secure (Paillier) FedAvg.
-- :class:`DpUpdateNumPyClient` -- wraps any ``NumPyClient`` for distributed-DP FedAvg
-  (clipped update plus a noise share; compat face of ``clients.mods.DpUpdateNoiseMod``).
-- :class:`SecureConsensusNumPyClient` -- wraps a :class:`DistillationNumPyClient` for the
-  Paillier secure consensus (compat face of ``clients.mods.PaillierConsensusMod``).
-- :func:`distillation_client_app` -- Message-API ``ClientApp`` shell.
+- :func:`flhet_client_app` -- one Message-API ``ClientApp`` for every flhet strategy
+  (``distillation_client_app`` is its earlier name); :class:`FlhetNumPyClient` -- the
+  compat ``NumPyClient`` (``DistillationNumPyClient``).
+- Privacy steps on both faces: :class:`PaillierMod` / :class:`SecureSumNumPyClient`
+  (secure sum), :class:`DpNoiseMod` / :class:`DpNoiseNumPyClient` (distributed DP), and
+  for Flower's own FedAvg :class:`PaillierFedAvgMod` / :class:`PaillierNumPyClient`,
+  :class:`DpUpdateNoiseMod` / :class:`DpUpdateNumPyClient`.
 """
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "DistillationClient": "clients.distillation_client",
+    "FederatedClient": "clients.federated_client",
+    "DistillationClient": "clients.federated_client",
     "TorchLearner": "clients.learners.torch_learner",
     "SklearnLearner": "clients.learners.sklearn_learner",
     "Learner": "clients.learners.base",
+    "FeatureLearner": "clients.learners.base",
     "DistillTarget": "clients.learners.base",
-    "DistillationNumPyClient": "clients.numpy_client",
-    "PaillierNumPyClient": "clients.paillier_numpy_client",
-    "DpUpdateNumPyClient": "clients.dp_update_numpy_client",
-    "SecureConsensusNumPyClient": "clients.secure_consensus_numpy_client",
-    "distillation_client_app": "clients.client_app",
+    "require_features": "clients.learners.base",
+    "flhet_client_app": "clients.faces.client_app",
+    "distillation_client_app": "clients.faces.client_app",
+    "FlhetNumPyClient": "clients.faces.numpy_client",
+    "DistillationNumPyClient": "clients.faces.numpy_client",
+    "PaillierMod": "clients.faces.wrappers",
+    "DpNoiseMod": "clients.faces.wrappers",
+    "SecureSumNumPyClient": "clients.faces.wrappers",
+    "DpNoiseNumPyClient": "clients.faces.wrappers",
+    "SecureConsensusNumPyClient": "clients.faces.wrappers",
+    "DpPredictionsNumPyClient": "clients.faces.wrappers",
+    "PaillierFedAvgMod": "clients.fedavg.paillier",
+    "PaillierNumPyClient": "clients.fedavg.paillier",
+    "DpUpdateNoiseMod": "clients.fedavg.dp",
+    "DpUpdateNumPyClient": "clients.fedavg.dp",
 }
 
 __all__ = sorted(_EXPORTS)

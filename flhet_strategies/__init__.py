@@ -1,42 +1,52 @@
 """flhet strategies: Flower server-side strategies for model-heterogeneous FL.
 
-Public API (imported lazily, so ``flhet_strategies.core`` stays free of Flower):
-
-- :class:`FedConsensus` -- logit-consensus distillation (FedMD / DS-FL), Message API.
-- :class:`FedConsensusCompat` -- the same for the compat API (``NumPyClient``).
-- :class:`SecureConsensus` -- wraps a :class:`FedConsensus` so that the server only adds
-  Paillier ciphertexts (clients run ``clients.mods.PaillierConsensusMod``);
-  :class:`SecureConsensusCompat` -- the same around :class:`FedConsensusCompat` (clients
-  are wrapped in ``clients.SecureConsensusNumPyClient``).
-- :class:`ConsensusConfig` -- the consensus rule; :class:`DistillationRecipe` -- the
-  client recipe sent each round.
-- :class:`SecureFedAvg` / :class:`SecureFedAvgCompat` -- wrap Flower's FedAvg (Message API /
-  compat) so that the server only multiplies Paillier ciphertexts of the clients' weights
-  (clients run ``clients.mods.PaillierFedAvgMod`` / ``clients.PaillierNumPyClient``).
-- :class:`DpFedAvg` / :class:`DpFedAvgCompat` -- Flower's fixed-clipping DP wrappers
-  around FedAvg (Message API / compat) with per-round epsilon and an epsilon budget
-  (``clipping="distributed"``: the clients add the noise as shares);
-  :class:`RoundBudget` -- the API-neutral budget they share.
+An algorithm is a Flower-free server half (:mod:`flhet_strategies.algorithms`) driven by
+one generic face per Flower API (:class:`MessageStrategy`, :class:`CompatStrategy`);
+the named strategies (:class:`FedConsensus`, :class:`FedProto`, :class:`FedTGP`, ...)
+are a server half in a face. Differential privacy (:class:`DifferentialPrivacy`) and
+the Paillier secure sum (:class:`SecureSum`) wrap any server half whose aggregate is a
+weighted sum. Imports are lazy, so the Flower-free modules stay free of Flower.
 """
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "FedConsensus": "flhet_strategies.message_api",
-    "FedConsensusCompat": "flhet_strategies.compat_api",
-    "SecureConsensus": "flhet_strategies.secure_consensus_strategy",
-    "SecureConsensusCompat": "flhet_strategies.secure_consensus_compat",
-    "SecureFedAvg": "flhet_strategies.secure_fedavg",
-    "SecureFedAvgCompat": "flhet_strategies.secure_fedavg_compat",
-    "ContributionWeightedFedAvg": "flhet_strategies.contribution_fedavg",
-    "ContributionWeightedFedAvgCompat": "flhet_strategies.contribution_fedavg_compat",
-    "DpFedAvg": "flhet_strategies.dp_fedavg",
-    "DpFedAvgCompat": "flhet_strategies.dp_fedavg_compat",
-    "RoundBudget": "flhet_strategies.privacy.round_budget",
-    "ConsensusConfig": "flhet_strategies.core.consensus",
-    "DistillationRecipe": "flhet_strategies.core.recipe",
-    "ConsensusDistillation": "flhet_strategies.core.distillation",
+    # generic faces and the protocol
+    "MessageStrategy": "flhet_strategies.faces.message",
+    "CompatStrategy": "flhet_strategies.faces.compat",
+    "Instruction": "flhet_strategies.protocol",
+    "Reply": "flhet_strategies.protocol",
+    "Outcome": "flhet_strategies.protocol",
+    "ServerAlgorithm": "flhet_strategies.protocol",
+    "ClientAlgorithm": "flhet_strategies.protocol",
+    # named strategies
+    "FedConsensus": "flhet_strategies.strategies",
+    "FedConsensusCompat": "flhet_strategies.strategies",
+    "SecureConsensus": "flhet_strategies.strategies",
+    "SecureConsensusCompat": "flhet_strategies.strategies",
+    "FedProto": "flhet_strategies.strategies",
+    "FedProtoCompat": "flhet_strategies.strategies",
+    "FedTGP": "flhet_strategies.strategies",
+    "FedTGPCompat": "flhet_strategies.strategies",
+    # server halves and recipes
+    "ConsensusDistillation": "flhet_strategies.algorithms.consensus",
+    "ConsensusConfig": "flhet_strategies.aggregation.logit_consensus",
+    "DistillationRecipe": "flhet_strategies.algorithms.recipes",
+    "PrototypeRecipe": "flhet_strategies.algorithms.recipes",
+    # privacy
+    "DifferentialPrivacy": "flhet_strategies.privacy.dp.mechanism",
+    "DpSettings": "flhet_strategies.privacy.dp.settings",
+    "PrivateConsensus": "flhet_strategies.privacy.dp.settings",
+    "RoundBudget": "flhet_strategies.privacy.dp.budget",
+    "SecureSum": "flhet_strategies.privacy.paillier.secure_sum",
+    # wrappers around Flower's own FedAvg
+    "DpFedAvg": "flhet_strategies.privacy.dp.fedavg",
+    "DpFedAvgCompat": "flhet_strategies.privacy.dp.fedavg",
+    "SecureFedAvg": "flhet_strategies.privacy.paillier.fedavg",
+    "SecureFedAvgCompat": "flhet_strategies.privacy.paillier.fedavg",
+    "ContributionWeightedFedAvg": "flhet_strategies.weighting.contribution_fedavg",
+    "ContributionWeightedFedAvgCompat": "flhet_strategies.weighting.contribution_fedavg",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Per-round bookkeeping shared by both Flower faces of every flhet strategy."""
+"""Per-round bookkeeping shared by both Flower faces of every flhet algorithm."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from logging import WARNING
 
 from flwr.common.logger import log
 
-from .core.distillation import AggregationOutcome
-from .core.evaluation import summarize_client_metrics
+from .evaluation import summarize_client_metrics
+from .protocol import Outcome
 
 
 class RoundHistory:
@@ -16,15 +16,16 @@ class RoundHistory:
 
     ``rounds`` is a list of dicts, one per round, with ``round``, ``bytes_up``,
     ``bytes_down``, ``seconds``, ``accepted``, ``rejected`` (id -> reason), ``weights``,
-    and, after evaluation, the keys of
-    :func:`~flhet_strategies.core.evaluation.summarize_client_metrics`.
+    ``num_failures``, the round's privacy entry (``epsilon``, ``delta``, ...) and, after
+    evaluation, the keys of :func:`~flhet_strategies.evaluation.summarize_client_metrics`.
     """
 
     def __init__(self) -> None:
         self.rounds: list[dict] = []
         self._started: dict[int, float] = {}
 
-    def _entry(self, server_round: int) -> dict:
+    def entry(self, server_round: int) -> dict:
+        """The history entry of ``server_round`` (created if missing)."""
         for entry in self.rounds:
             if entry["round"] == server_round:
                 return entry
@@ -35,30 +36,34 @@ class RoundHistory:
     def start_round(self, server_round: int, bytes_down: int) -> None:
         """Mark the start of a round and the bytes sent to clients for training."""
         self._started[server_round] = time.perf_counter()
-        self._entry(server_round)["bytes_down"] += int(bytes_down)
+        self.entry(server_round)["bytes_down"] += int(bytes_down)
 
-    def record_train(self, server_round: int, outcome: AggregationOutcome, failures: int) -> None:
-        """Store the aggregation outcome; log every rejected payload with its reason."""
+    def add_bytes(self, server_round: int, bytes_up: int = 0, bytes_down: int = 0) -> None:
+        """Count extra traffic of a round (e.g. a delegated decryption)."""
+        entry = self.entry(server_round)
+        entry["bytes_up"] += int(bytes_up)
+        entry["bytes_down"] += int(bytes_down)
+
+    def record_train(self, server_round: int, outcome: Outcome, failures: int,
+                     bytes_up: int) -> None:
+        """Store the aggregation outcome; log every rejected reply with its reason."""
         for client_id, reason in outcome.rejected.items():
-            log(WARNING, "round %s: rejected payload of client %s: %s",
+            log(WARNING, "round %s: rejected reply of client %s: %s",
                 server_round, client_id, reason)
-        entry = self._entry(server_round)
-        entry["bytes_up"] += int(outcome.bytes_up)
+        entry = self.entry(server_round)
+        entry["bytes_up"] += int(bytes_up)
         entry["accepted"] = list(outcome.accepted)
         entry["rejected"] = dict(outcome.rejected)
         entry["num_failures"] = int(failures) + len(outcome.rejected)
         entry["weights"] = dict(outcome.weights)
+        entry.update({k: v for k, v in outcome.privacy.items() if k != "round"})
+        entry.update(outcome.history)
         self._tick(server_round)
-
-    def record_privacy(self, server_round: int, privacy: dict) -> None:
-        """Store the privacy spent after the round (``epsilon``, ``delta``, ...)."""
-        entry = self._entry(server_round)
-        entry.update({k: v for k, v in privacy.items() if k != "round"})
 
     def record_evaluate(self, server_round: int, per_client: dict[str, dict[str, float]],
                         bytes_down: int = 0) -> dict | None:
         """Store the round's evaluation summary (``None`` if no client reported)."""
-        entry = self._entry(server_round)
+        entry = self.entry(server_round)
         entry["bytes_down"] += int(bytes_down)
         summary = summarize_client_metrics(per_client) if per_client else None
         if summary is not None:
@@ -68,4 +73,4 @@ class RoundHistory:
 
     def _tick(self, server_round: int) -> None:
         if server_round in self._started:
-            self._entry(server_round)["seconds"] = time.perf_counter() - self._started[server_round]
+            self.entry(server_round)["seconds"] = time.perf_counter() - self._started[server_round]

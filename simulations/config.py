@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from flhet_strategies.core.consensus import ConsensusConfig
-from flhet_strategies.core.contribution.auto import ESTIMATOR_NAMES
-from flhet_strategies.core.dp.clipping import CLIP_MODES
-from flhet_strategies.core.dp.private_consensus import DP_MODES
-from flhet_strategies.core.recipe import DistillationRecipe
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
+from flhet_strategies.algorithms.prototypes import PROTOTYPE_WEIGHTINGS
+from flhet_strategies.algorithms.recipes import DistillationRecipe, PrototypeRecipe
+from flhet_strategies.privacy.dp.clipping import CLIP_MODES
+from flhet_strategies.privacy.dp.settings import DP_MODES
+from flhet_strategies.weighting.contribution.auto import ESTIMATOR_NAMES
 
 from .data.partitioning import PartitionerSpec
 
@@ -101,9 +102,35 @@ class DataConfig:
         return PartitionerSpec.from_dict(self.partitioner)
 
 
+STRATEGIES = ("fedconsensus", "fedproto", "fedtgp")
+"""Strategies an experiment can run (``[strategy] name``)."""
+
+PROTOTYPE_STRATEGIES = ("fedproto", "fedtgp")
+"""Strategies that share class prototypes in a common feature space."""
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Server strategy: the consensus rule and proxy sampling."""
+    """Server strategy: which algorithm, and its settings.
+
+    Parameters
+    ----------
+    name : str
+        ``"fedconsensus"`` (logit consensus, FedMD / DS-FL), ``"fedproto"`` or ``"fedtgp"``.
+    mode, temperature, era_temperature, class_vote_weighting, proxy_per_round
+        The consensus rule and proxy sampling (``fedconsensus``).
+    fraction_train : float
+        Share of the clients sampled for training each round.
+    feature_dim : int, optional
+        Common feature space of the prototype strategies (every model gets a projection
+        adapter to it); required for them.
+    weighting : str, optional
+        FedProto's class weights (``"class_counts"``, ``"class_presence"``).
+    feature_bound : float
+        FedProto: public bound on a prototype entry in a secure sum.
+    margin_threshold, server_epochs, server_lr, server_batch_size
+        FedTGP's generator training.
+    """
 
     name: str = "fedconsensus"
     mode: str = "dsfl"
@@ -112,6 +139,34 @@ class StrategyConfig:
     class_vote_weighting: bool = True
     proxy_per_round: int = 2000
     fraction_train: float = 1.0
+    feature_dim: int | None = None
+    weighting: str | None = None
+    feature_bound: float = 8.0
+    margin_threshold: float = 100.0
+    server_epochs: int = 100
+    server_lr: float = 0.05
+    server_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise ValueError(f"name must be one of {STRATEGIES}, got {self.name!r}")
+        if self.name in PROTOTYPE_STRATEGIES and (self.feature_dim is None
+                                                  or self.feature_dim < 1):
+            raise ValueError(f"strategy {self.name!r} needs feature_dim, the width of the common "
+                             "feature space every model projects into")
+        if self.weighting is not None and self.weighting not in PROTOTYPE_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {PROTOTYPE_WEIGHTINGS}, got "
+                             f"{self.weighting!r}")
+
+    @property
+    def prototypes(self) -> bool:
+        """Whether the strategy shares class prototypes (needs feature learners)."""
+        return self.name in PROTOTYPE_STRATEGIES
+
+    @property
+    def label(self) -> str:
+        """The ``strategy`` entry of ``results.json``."""
+        return f"{self.name}:{self.mode}" if self.name == "fedconsensus" else self.name
 
     def consensus(self) -> ConsensusConfig:
         """The :class:`ConsensusConfig` of this strategy."""
@@ -123,7 +178,7 @@ class StrategyConfig:
 class ContributionConfig:
     """Shapley contributions of the clients, and aggregation weights from them.
 
-    See :class:`flhet_strategies.core.contribution.weighting.ContributionWeighting`
+    See :class:`flhet_strategies.weighting.contribution.weighting.ContributionWeighting`
     for ``method``, ``budget``, ``mix``, ``use_for_weights``, ``decay`` and ``metric``.
     Values are measured on the server's labeled validation slice of the proxy set
     (``data.proxy_validation_size`` samples, requested from the clients every round).
@@ -174,7 +229,7 @@ class ContributionConfig:
 class AdaptiveConfig:
     """Adaptive aggregation from the rate of change of each client's predictions.
 
-    See :class:`flhet_strategies.core.adaptive_weighting.AdaptiveWeighting` (test-retest
+    See :class:`flhet_strategies.weighting.adaptive.AdaptiveWeighting` (test-retest
     reliability of a client's predictions across rounds scales its weight) for
     ``smoothing``, ``power`` and ``min_factor``; it wraps the strategy's weights
     (sample counts, or contributions with ``[contribution]``).
@@ -209,8 +264,8 @@ class AdaptiveConfig:
 class DpConfig:
     """Client-level differential privacy of the released consensus.
 
-    See :class:`flhet_strategies.core.dp.private_consensus.PrivateConsensus` for the
-    mechanism and :class:`flhet_strategies.privacy.accounting.PrivacyLedger` for the
+    See :class:`flhet_strategies.privacy.dp.settings.PrivateConsensus` for the
+    mechanism and :class:`flhet_strategies.privacy.dp.accounting.PrivacyLedger` for the
     accounting (Flower's ``RdpAccountant``; full participation when
     ``strategy.fraction_train`` is 1, else fixed-size cohorts).
 
@@ -221,12 +276,11 @@ class DpConfig:
         ``delta``.
     mode : str
         ``"central"`` (the server clips and noises the sum) or ``"distributed"`` (each
-        client adds its share: :class:`~clients.mods.dp_predictions.DpPredictionsMod`
-        with ``api = "message"``, :class:`~clients.dp_predictions_numpy_client.DpPredictionsNumPyClient`
-        with ``api = "compat"``; with ``[paillier]``, Message API only).
+        client adds its share: :class:`clients.mods.DpNoiseMod` with ``api = "message"``,
+        :class:`clients.faces.wrappers.DpNoiseNumPyClient` with ``api = "compat"``).
     target_epsilon : float, optional
         Calibrate the noise multiplier so that ``num_rounds`` rounds spend this epsilon
-        (:func:`~flhet_strategies.privacy.accounting.noise_multiplier_for_epsilon`).
+        (:func:`~flhet_strategies.privacy.dp.accounting.noise_multiplier_for_epsilon`).
     noise_multiplier : float, optional
         ``z = sigma / S`` directly (give this or ``target_epsilon``).
     delta : float
@@ -290,13 +344,10 @@ class DpConfig:
 class PaillierConfig:
     """Paillier secure sum of the consensus (the server adds ciphertexts only).
 
-    See :class:`flhet_strategies.secure_consensus_strategy.SecureConsensus` and
-    :class:`clients.mods.paillier_consensus.PaillierConsensusMod` (``api = "message"``),
-    :class:`flhet_strategies.secure_consensus_compat.SecureConsensusCompat` and
-    :class:`clients.secure_consensus_numpy_client.SecureConsensusNumPyClient`
-    (``api = "compat"``; the delegated decryption rides along with the evaluation, and
-    a round after one without evaluation falls back to every client). Keys are dealt
-    outside the server into ``key_dir``: the strategy loads the public key only.
+    See :class:`flhet_strategies.privacy.paillier.secure_sum.SecureSum` (the server half's
+    wrapper) and :class:`clients.mods.PaillierMod` / :class:`clients.faces.wrappers.SecureSumNumPyClient`
+    (the clients). Keys are dealt outside the server into ``key_dir``: the strategy loads
+    the public key only.
 
     Parameters
     ----------
@@ -392,7 +443,7 @@ class ExperimentConfig:
     local_only_eval_every: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    recipe: DistillationRecipe = field(default_factory=DistillationRecipe)
+    recipe: DistillationRecipe | PrototypeRecipe = field(default_factory=DistillationRecipe)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     contribution: ContributionConfig = field(default_factory=ContributionConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
@@ -416,6 +467,7 @@ class ExperimentConfig:
         self.strategy.consensus()  # validates the consensus fields
         self.data.partitioner_spec()
         self._check_roles()
+        self._check_algorithm()
         self._check_privacy()
         if self.contribution.enabled and not (
             1 <= self.data.proxy_validation_size <= self.strategy.proxy_per_round
@@ -441,10 +493,38 @@ class ExperimentConfig:
                 f"({twin[0].architecture}) must have the same architecture: a matched pair"
             )
 
+    def _check_algorithm(self) -> None:
+        recipe_type = PrototypeRecipe if self.strategy.prototypes else DistillationRecipe
+        if not isinstance(self.recipe, recipe_type):
+            raise ConfigError(f"strategy {self.strategy.name!r} takes a {recipe_type.__name__} "
+                              f"[recipe], got a {type(self.recipe).__name__}")
+        if not self.strategy.prototypes:
+            return
+        flat = [g for g in self.clients if g.framework != "pytorch" or g.role == "free_rider"]
+        if flat:
+            raise ConfigError(
+                f"strategy {self.strategy.name!r} shares class prototypes: every client must "
+                "embed its inputs (a PyTorch zoo model); "
+                f"{sorted({g.architecture + (' (free rider)' if g.role else '') for g in flat})} "
+                "can only predict")
+        if self.contribution.enabled or self.adaptive.enabled:
+            raise ConfigError("[contribution] and [adaptive] weight consensus predictions; "
+                              f"strategy {self.strategy.name!r} has none")
+        if self.strategy.name == "fedtgp" and (self.dp.enabled or self.paillier.enabled):
+            raise ConfigError("FedTGP trains on every client's prototypes: there is no sum to "
+                              "privatize or encrypt (use fedproto for [dp] and [paillier])")
+
     def _check_privacy(self) -> None:
         if not (self.dp.enabled or self.paillier.enabled):
             return
         what = "[dp]" if self.dp.enabled else "[paillier]"
+        if self.dp.enabled and self.paillier.enabled and self.dp.mode != "distributed":
+            raise ConfigError(
+                f'[dp] mode = "{self.dp.mode}" cannot be combined with [paillier]: central DP '
+                "needs the server to see the plaintext sum it noises; use "
+                '[dp] mode = "distributed" (the clients add the noise inside the encrypted sum)')
+        if self.strategy.prototypes:
+            return
         if self.adaptive.enabled:
             raise ConfigError(f"{what} cannot be combined with [adaptive]: the private "
                               "consensus weights clients equally (DP) or by public counts "
@@ -457,15 +537,6 @@ class ExperimentConfig:
         if self.dp.enabled and self.strategy.class_vote_weighting:
             raise ConfigError("[dp] needs strategy.class_vote_weighting = false: per-class "
                               "vote weights use the clients' exact label histograms")
-        if self.dp.enabled and self.dp.mode == "distributed" and self.paillier.enabled \
-                and self.api != "message":
-            raise ConfigError('[dp] mode = "distributed" with [paillier] runs with api = '
-                              '"message" (the compat Paillier client adds no noise shares)')
-        if self.dp.enabled and self.paillier.enabled and self.dp.mode != "distributed":
-            raise ConfigError(
-                f'[dp] mode = "{self.dp.mode}" cannot be combined with [paillier]: central DP '
-                "needs the server to see the plaintext sum it noises; use "
-                '[dp] mode = "distributed" (the clients add the noise inside the encrypted sum)')
 
     def client_roles(self) -> list[str]:
         """The role of every client id, in order (``""`` for honest clients)."""
@@ -490,7 +561,7 @@ class ExperimentConfig:
         return raw
 
 
-_SECTIONS = {"data": DataConfig, "strategy": StrategyConfig, "recipe": DistillationRecipe,
+_SECTIONS = {"data": DataConfig, "strategy": StrategyConfig,
              "simulation": SimulationConfig, "contribution": ContributionConfig,
              "adaptive": AdaptiveConfig, "dp": DpConfig, "paillier": PaillierConfig}
 
@@ -513,9 +584,12 @@ def from_dict(raw: dict) -> ExperimentConfig:
     for name, cls in _SECTIONS.items():
         if name in raw:
             kwargs[name] = _build(cls, dict(raw.pop(name)), name)
+    strategy = kwargs.get("strategy", StrategyConfig())
+    recipe_type = PrototypeRecipe if strategy.prototypes else DistillationRecipe
+    kwargs["recipe"] = _build(recipe_type, dict(raw.pop("recipe", {})), "recipe")
     groups = raw.pop("clients", [])
     kwargs["clients"] = tuple(_build(ClientGroup, dict(g), "clients") for g in groups)
-    known = {f.name for f in fields(ExperimentConfig)} - set(_SECTIONS) - {"clients"}
+    known = {f.name for f in fields(ExperimentConfig)} - set(_SECTIONS) - {"clients", "recipe"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown top-level key(s): {sorted(unknown)}; known: {sorted(known)}")

@@ -2,7 +2,7 @@
 ``report.md`` section.
 
 Both read the ``contributions`` (per-round and cumulative Shapley values, see
-:class:`~flhet_strategies.core.contribution.ledger.ContributionLedger`) and ``fairness``
+:class:`~flhet_strategies.weighting.contribution.ledger.ContributionLedger`) and ``fairness``
 entries of ``results.json`` and the ``role`` of each client.
 """
 

@@ -13,39 +13,45 @@ from pathlib import Path
 import torch
 from flwr.app import Context
 
-from clients.client_app import distillation_client_app
-from clients.distillation_client import DistillationClient
-from clients.dp_predictions_numpy_client import DpPredictionsNumPyClient
+from clients.faces.client_app import flhet_client_app
+from clients.faces.numpy_client import FlhetNumPyClient
+from clients.faces.state import client_id_from_context
+from clients.faces.wrappers import DpNoiseMod, DpNoiseNumPyClient, PaillierMod, SecureSumNumPyClient
+from clients.federated_client import FederatedClient
 from clients.learners.free_rider import FreeRiderLearner
 from clients.learners.sklearn_learner import SklearnLearner
 from clients.learners.torch_learner import TorchLearner
 from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
-from clients.mods.dp_predictions import DpPredictionsMod
-from clients.mods.paillier_consensus import PaillierConsensusMod
-from clients.numpy_client import DistillationNumPyClient
-from clients.secure_consensus_numpy_client import SecureConsensusNumPyClient
-from clients.state import client_id_from_context
-from flhet_strategies.compat_api import FedConsensusCompat
-from flhet_strategies.consensus_server import expected_cohort
-from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
-from flhet_strategies.core.contribution.ledger import ContributionLedger
-from flhet_strategies.core.contribution.weighting import ContributionWeighting
-from flhet_strategies.core.dp.private_consensus import PrivateConsensus
-from flhet_strategies.core.secure_sum.key_files import (
+from flhet_strategies.faces.driver import expected_cohort
+from flhet_strategies.privacy.dp.accounting import noise_multiplier_for_epsilon
+from flhet_strategies.privacy.dp.budget import RoundBudget, sampling_for_fraction
+from flhet_strategies.privacy.dp.mechanism import DifferentialPrivacy
+from flhet_strategies.privacy.dp.settings import DpSettings, PrivateConsensus
+from flhet_strategies.privacy.paillier.key_files import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     KeyFiles,
     deal_keys,
     load_public_key,
 )
-from flhet_strategies.core.secure_sum.keys import key_fingerprint
-from flhet_strategies.core.weighting import sample_count_weights
-from flhet_strategies.message_api import FedConsensus
-from flhet_strategies.privacy.accounting import noise_multiplier_for_epsilon
-from flhet_strategies.privacy.round_budget import RoundBudget, sampling_for_fraction
-from flhet_strategies.secure_consensus_compat import SecureConsensusCompat
-from flhet_strategies.secure_consensus_strategy import SecureConsensus
+from flhet_strategies.privacy.paillier.keys import key_fingerprint
+from flhet_strategies.privacy.paillier.secure_sum import SecureSum
+from flhet_strategies.protocol import find_wrapper, unwrap
+from flhet_strategies.strategies import (
+    FedConsensus,
+    FedConsensusCompat,
+    FedProto,
+    FedProtoCompat,
+    FedTGP,
+    FedTGPCompat,
+    SecureConsensus,
+    SecureConsensusCompat,
+)
+from flhet_strategies.weighting.adaptive import AdaptiveWeighting
+from flhet_strategies.weighting.base import sample_count_weights
+from flhet_strategies.weighting.contribution.ledger import ContributionLedger
+from flhet_strategies.weighting.contribution.weighting import ContributionWeighting
 
 from .config import ExperimentConfig
 from .data.federated_split import FederatedSplit, make_federated_split
@@ -74,7 +80,7 @@ def build_split(cfg: ExperimentConfig) -> FederatedSplit:
     return split
 
 
-def build_client(cfg: ExperimentConfig, client_id: int) -> DistillationClient:
+def build_client(cfg: ExperimentConfig, client_id: int) -> FederatedClient:
     """Client ``client_id`` with a freshly initialised model of its group's architecture."""
     groups = cfg.client_groups()
     if not 0 <= client_id < len(groups):
@@ -89,10 +95,12 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> DistillationClient:
         estimator = build_sklearn_model(group.architecture.split(":", 1)[1], seed=model_seed)
         learner = SklearnLearner(estimator, split.num_classes, seed=model_seed)
     else:
-        model = build_model(group.architecture, split.input_shape, split.num_classes, seed=model_seed)
+        model = build_model(group.architecture, split.input_shape, split.num_classes,
+                            seed=model_seed, feature_dim=cfg.strategy.feature_dim
+                            if cfg.strategy.prototypes else None)
         learner = TorchLearner(model, lr=group.lr, optimizer=group.optimizer,
                                batch_size=group.batch_size, seed=model_seed)
-    return DistillationClient(
+    return FederatedClient(
         learner, data.train.x, data.train.y, data.test.x, data.test.y, split.proxy_x,
         split.num_classes, global_test=(split.global_test.x, split.global_test.y),
         seed=model_seed,
@@ -153,7 +161,7 @@ def dp_noise_multiplier(cfg: ExperimentConfig) -> float | None:
     return noise_multiplier_for_epsilon(
         dp.target_epsilon, dp.delta, cfg.num_rounds, sampling_rate=cohort / population,
         population_size=population, sampling=sampling_for_fraction(fraction),
-        non_negative_payloads=True)
+        non_negative_payloads=not cfg.strategy.prototypes)
 
 
 def dp_strategy_options(cfg: ExperimentConfig) -> dict:
@@ -161,11 +169,15 @@ def dp_strategy_options(cfg: ExperimentConfig) -> dict:
     dp = cfg.dp
     if not dp.enabled:
         return {}
-    privacy = PrivateConsensus(dp_noise_multiplier(cfg), dp.clip_norm, dp.mode, dp.clip_mode,
-                               seed=cfg.seed, min_margin=dp.min_margin,
-                               min_rows=dp.min_rows)
+    z = dp_noise_multiplier(cfg)
+    if cfg.strategy.prototypes:
+        privacy = DpSettings(z, dp.clip_norm, dp.mode, dp.clip_mode, seed=cfg.seed)
+    else:
+        privacy = PrivateConsensus(z, dp.clip_norm, dp.mode, dp.clip_mode, seed=cfg.seed,
+                                   min_margin=dp.min_margin, min_rows=dp.min_rows)
     budget = RoundBudget(cfg.data.num_clients, dp.delta, dp.budget,
-                         fraction=cfg.strategy.fraction_train, non_negative_payloads=True)
+                         fraction=cfg.strategy.fraction_train,
+                         non_negative_payloads=not cfg.strategy.prototypes)
     return {"privacy": privacy, "privacy_budget": budget}
 
 
@@ -186,71 +198,77 @@ def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path) -> KeyFiles:
 def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
                    sample_count_weighting: bool = False, key_files: KeyFiles | None = None,
                    phase: str | None = None):
-    """The server strategy for the config's API face (Message API or compat).
-
-    With ``[contribution] enabled`` the strategy weights clients by
-    :func:`build_contribution_weighting` and asks every round for the labeled
-    validation slice of the proxy set (``always_include``).
+    """The server strategy of the config's algorithm and API face (Message API or compat).
 
     Parameters
     ----------
     cfg : ExperimentConfig
         The experiment.
     local_only : bool (default: False)
-        Build the local-only baseline instead: the same recipe with ``kd_weight=0``
-        (nobody learns from anybody, same private epochs), phase ``local_only`` (fresh
-        client models), evaluated every ``cfg.local_only_eval_every`` rounds (default:
-        only after the last round). It measures no contributions.
+        Build the local-only baseline instead: the same recipe with nothing to learn from
+        the others (``kd_weight = 0``, or ``proto_weight = 0``), phase ``local_only``
+        (fresh client models), evaluated every ``cfg.local_only_eval_every`` rounds
+        (default: only after the last round); no contributions, DP or encryption.
     sample_count_weighting : bool (default: False)
-        Build the sample-count baseline of a contribution-weighted run: the same
-        strategy, proxy requests and contribution audit, but sample-count weights,
-        under phase ``sample_count_weighting`` (fresh client models).
+        Build the sample-count baseline of a contribution-weighted consensus run (same
+        proxy requests and contribution audit, sample-count weights), phase
+        ``sample_count_weighting``.
     key_files : KeyFiles, optional
-        With ``[paillier] enabled``: the dealt keys; the strategy is wrapped in
-        :class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus` (Message
-        API) or :class:`~flhet_strategies.secure_consensus_compat.SecureConsensusCompat`
-        (compat) with the public key only.
+        With ``[paillier] enabled``: the dealt keys; the server half is wrapped in a
+        :class:`~flhet_strategies.privacy.paillier.secure_sum.SecureSum` holding the
+        public key only.
     phase : str, optional
         Phase name instead of the default (``main``, ``local_only`` or
         ``sample_count_weighting``), e.g. for a baseline sharing a federation.
 
-    With ``[dp] enabled`` the strategy privatizes every consensus
-    (:func:`dp_strategy_options`). The local-only baseline is built without DP or
-    encryption (it releases nothing anybody learns from).
+    With ``[dp] enabled`` the server half is wrapped in
+    :class:`~flhet_strategies.privacy.dp.mechanism.DifferentialPrivacy`
+    (:func:`dp_strategy_options`).
     """
-    split = build_split(cfg)
-    s = cfg.strategy
     if local_only:
-        recipe = replace(cfg.recipe, kd_weight=0.0)
+        off = {"proto_weight": 0.0} if cfg.strategy.prototypes else {"kd_weight": 0.0}
+        recipe = replace(cfg.recipe, **off)
         evaluate_every = cfg.local_only_eval_every or cfg.num_rounds
         phase = phase or LOCAL_ONLY_PHASE
     else:
         recipe, evaluate_every = cfg.recipe, cfg.simulation.eval_every
         phase = phase or (SAMPLE_COUNT_PHASE if sample_count_weighting else "main")
-    common = dict(num_proxy=len(split.proxy_x), num_classes=split.num_classes,
-                  proxy_per_round=s.proxy_per_round, consensus=s.consensus(), recipe=recipe,
-                  seed=cfg.seed, evaluate_every=evaluate_every, phase=phase)
-    if cfg.contribution.enabled and not local_only:
-        common.update(weight_fn=build_contribution_weighting(cfg, sample_count_weighting),
-                      always_include=split.proxy_validation_indices)
-    if cfg.adaptive.enabled and not local_only:
-        a = cfg.adaptive
-        common["weight_fn"] = AdaptiveWeighting(
-            common.get("weight_fn", sample_count_weights), smoothing=a.smoothing,
-            power=a.power, min_factor=a.min_factor, temperature=s.temperature)
-    if not local_only:
-        common.update(dp_strategy_options(cfg))
-    if cfg.api == "message":
-        strategy = FedConsensus(fraction_train=s.fraction_train, **common,
-                                min_available_nodes=cfg.data.num_clients)
+    s = cfg.strategy
+    message = cfg.api == "message"
+    face = ({"fraction_train": s.fraction_train, "min_available_nodes": cfg.data.num_clients}
+            if message else {"num_rounds": cfg.num_rounds, "fraction_fit": s.fraction_train,
+                             "min_available_clients": cfg.data.num_clients})
+    face.update(evaluate_every=evaluate_every, seed=cfg.seed, phase=phase)
+    privacy = {} if local_only else dp_strategy_options(cfg)
+    split = build_split(cfg)
+    if s.name == "fedproto":
+        strategy_type = FedProto if message else FedProtoCompat
+        strategy = strategy_type(split.num_classes, s.feature_dim, recipe, s.weighting,
+                                 s.feature_bound, **privacy, **face)
+    elif s.name == "fedtgp":
+        strategy_type = FedTGP if message else FedTGPCompat
+        strategy = strategy_type(split.num_classes, s.feature_dim, recipe,
+                                 margin_threshold=s.margin_threshold,
+                                 server_epochs=s.server_epochs, server_lr=s.server_lr,
+                                 server_batch_size=s.server_batch_size, **face)
     else:
-        strategy = FedConsensusCompat(num_rounds=cfg.num_rounds, fraction_fit=s.fraction_train,
-                                      **common, min_available_clients=cfg.data.num_clients)
+        options = dict(num_proxy=len(split.proxy_x), num_classes=split.num_classes,
+                       proxy_per_round=s.proxy_per_round, consensus=s.consensus(),
+                       recipe=recipe, **privacy, **face)
+        if cfg.contribution.enabled and not local_only:
+            options.update(weight_fn=build_contribution_weighting(cfg, sample_count_weighting),
+                           always_include=split.proxy_validation_indices)
+        if cfg.adaptive.enabled and not local_only:
+            a = cfg.adaptive
+            options["weight_fn"] = AdaptiveWeighting(
+                options.get("weight_fn", sample_count_weights), smoothing=a.smoothing,
+                power=a.power, min_factor=a.min_factor, temperature=s.temperature)
+        strategy = (FedConsensus if message else FedConsensusCompat)(**options)
     if cfg.paillier.enabled and not local_only:
         if key_files is None:
             raise ValueError("[paillier] enabled: build_strategy needs the dealt key_files")
         max_examples = cfg.paillier.max_examples or max(len(c.train) for c in split.clients)
-        wrapper = SecureConsensus if cfg.api == "message" else SecureConsensusCompat
+        wrapper = SecureConsensus if message else SecureConsensusCompat
         strategy = wrapper(strategy, load_public_key(key_files.public_path),
                            max_examples=max_examples, decryption=cfg.paillier.decryption)
     return strategy
@@ -258,19 +276,23 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
 
 def contribution_ledger(strategy) -> ContributionLedger | None:
     """The contribution ledger of a strategy built by :func:`build_strategy`, if it keeps one."""
-    weight_fn = inner_strategy(strategy).server.protocol.weight_fn
+    weight_fn = getattr(unwrap(strategy.algorithm), "weight_fn", None)
     while isinstance(weight_fn, AdaptiveWeighting):
         weight_fn = weight_fn.inner
     return weight_fn.ledger if isinstance(weight_fn, ContributionWeighting) else None
 
 
-def inner_strategy(strategy):
-    """The consensus strategy itself (inside a secure wrapper, either face)."""
-    secure = (SecureConsensus, SecureConsensusCompat)
-    return strategy.strategy if isinstance(strategy, secure) else strategy
+def privacy_wrapper(strategy) -> DifferentialPrivacy | None:
+    """The differential-privacy wrapper of a strategy's server half, if any."""
+    return find_wrapper(strategy.algorithm, DifferentialPrivacy)
 
 
-def _client_for(cfg: ExperimentConfig, context: Context) -> DistillationClient:
+def secure_wrapper(strategy) -> SecureSum | None:
+    """The Paillier secure-sum wrapper of a strategy's server half, if any."""
+    return find_wrapper(strategy.algorithm, SecureSum)
+
+
+def _client_for(cfg: ExperimentConfig, context: Context) -> FederatedClient:
     torch.set_num_threads(cfg.simulation.threads_per_client)
     return build_client(cfg, client_id_from_context(context))
 
@@ -284,18 +306,17 @@ def _private_key_path(key_files: KeyFiles | None) -> Path:
 def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> list:
     """Client mods of the experiment's main run (Message API).
 
-    ``[dp] mode = "distributed"``: :class:`~clients.mods.dp_predictions.DpPredictionsMod`
-    (linear ``"probabilities"`` encoding; the server sends ``z``, the clip and the cohort
-    size every round). ``[paillier]``: :class:`~clients.mods.paillier_consensus.PaillierConsensusMod`
-    with the private key file. With both, the Paillier mod comes first (outermost), so
-    the DP mod noises the reply before it is encrypted.
+    ``[dp] mode = "distributed"``: :class:`~clients.faces.wrappers.DpNoiseMod` (the server
+    sends ``z``, the clip, the cohort size and the sum's layout every round).
+    ``[paillier]``: :class:`~clients.faces.wrappers.PaillierMod` with the private key file.
+    With both, the Paillier mod comes first (outermost), so the DP mod noises the reply
+    before it is encrypted.
     """
     mods: list = []
     if cfg.paillier.enabled:
-        mods.append(PaillierConsensusMod(_private_key_path(key_files),
-                                         workers=cfg.paillier.workers))
+        mods.append(PaillierMod(_private_key_path(key_files), workers=cfg.paillier.workers))
     if cfg.dp.enabled and cfg.dp.mode == "distributed":
-        mods.append(DpPredictionsMod(encoding="probabilities"))
+        mods.append(DpNoiseMod())
     return mods
 
 
@@ -303,21 +324,21 @@ def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
     """The ClientApp for the config's API face (with :func:`client_mods`; on the compat
     face the equivalent ``NumPyClient`` wrappers)."""
     if cfg.api == "message":
-        return distillation_client_app(lambda context: _client_for(cfg, context),
-                                       mods=client_mods(cfg, key_files))
+        return flhet_client_app(lambda context: _client_for(cfg, context),
+                                mods=client_mods(cfg, key_files))
     from flwr.clientapp import ClientApp
 
     private_key = _private_key_path(key_files) if cfg.paillier.enabled else None
 
     def client_fn(context: Context):
-        client = _client_for(cfg, context)
-        numpy_client = DistillationNumPyClient(client, client_id_from_context(context), context)
-        if cfg.dp.enabled and cfg.dp.mode == "distributed":   # compat face of DpPredictionsMod
-            numpy_client = DpPredictionsNumPyClient(numpy_client)
-        if cfg.paillier.enabled:   # compat face of the Paillier mod
-            numpy_client = SecureConsensusNumPyClient(numpy_client, private_key,
-                                                      workers=cfg.paillier.workers)
-        return numpy_client.to_client()
+        client = FlhetNumPyClient(_client_for(cfg, context), client_id_from_context(context),
+                                  context)
+        if cfg.dp.enabled and cfg.dp.mode == "distributed":
+            client = DpNoiseNumPyClient(client)
+        if cfg.paillier.enabled:
+            client = SecureSumNumPyClient(client, private_key, context=context,
+                                          workers=cfg.paillier.workers)
+        return client.to_client()
 
     return ClientApp(client_fn=client_fn)
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flhet_strategies.protocol import unwrap
+
 from .config import ExperimentConfig
 from .convergence import accuracy_series, compare
 from .results import assemble_results
@@ -37,7 +39,8 @@ from .experiment import (
     SAMPLE_COUNT_PHASE,
     build_strategy,
     contribution_ledger,
-    inner_strategy,
+    privacy_wrapper,
+    secure_wrapper,
     without_adaptation,
     without_privacy,
 )
@@ -151,13 +154,13 @@ def _ledger_dict(strategy) -> dict | None:
 
 def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
     """``results.json`` ``privacy``: mechanism, noise, budget, epsilon spent, rounds run."""
-    inner = inner_strategy(strategy)
-    budget = inner.budget
+    dp = privacy_wrapper(strategy)
+    budget = dp.budget
     return {
-        "mode": cfg.dp.mode, "noise_multiplier": inner.server.protocol.privacy.noise_multiplier,
+        "mode": cfg.dp.mode, "noise_multiplier": dp.noise_multiplier,
         "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode,
         "min_margin": cfg.dp.min_margin, "min_rows": cfg.dp.min_rows,
-        "released_rows": [e.get("released_rows") for e in inner.history if "epsilon" in e],
+        "released_rows": [e.get("released_rows") for e in strategy.history if "epsilon" in e],
         "sampling": budget.sampling, "delta": budget.target_delta,
         "target_epsilon": cfg.dp.target_epsilon, "max_epsilon": budget.max_epsilon,
         "epsilon": budget.epsilon, "rounds_run": len(budget.history),
@@ -176,7 +179,7 @@ def adaptive_section(cfg: ExperimentConfig, adaptive, unadapted) -> dict:
     """
     comparison = compare(accuracy_series(unadapted.history), accuracy_series(adaptive.history),
                          cfg.adaptive.target_fraction)
-    weight_fn = inner_strategy(adaptive).server.protocol.weight_fn
+    weight_fn = unwrap(adaptive.algorithm).weight_fn
     last = weight_fn.history[-1] if weight_fn.history else {}
     return {**comparison, "target_fraction": cfg.adaptive.target_fraction,
             "final_factors": last.get("factors", {})}
@@ -206,14 +209,16 @@ def paillier_section(key_files, history: list[dict], seconds: float,
 
 
 def save_server_state(strategy, out: Path) -> Path:
-    """Write the server's final state to ``out/server_state.npz``: the last consensus
-    (indices and soft targets; empty under Paillier, where the server never sees it)
-    and, with DP, the privacy ledger (``privacy_ledger.json``)."""
-    inner = inner_strategy(strategy)
-    indices, consensus = inner.server.protocol.consensus
+    """Write the server's final state to ``out/server_state.npz`` (the server half's
+    ``state_dict``: the last consensus or global prototypes; under Paillier empty, the
+    server never sees them) and, with DP, the privacy ledger (``privacy_ledger.json``)."""
+    state = {k: np.asarray(v) for k, v in unwrap(strategy.algorithm).state_dict().items()}
+    if secure_wrapper(strategy) is not None:
+        state = {}
     path = out / "server_state.npz"
-    np.savez_compressed(path, consensus_indices=indices, consensus=consensus)
-    if inner.budget is not None:
+    np.savez_compressed(path, **state)
+    dp = privacy_wrapper(strategy)
+    if dp is not None:
         (out / "privacy_ledger.json").write_text(
-            json.dumps(inner.budget.ledger.state_dict(), indent=1, default=str))
+            json.dumps(dp.budget.ledger.state_dict(), indent=1, default=str))
     return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from clients.learners.free_rider import FreeRiderLearner
 from clients.models.zoo import describe
-from flhet_strategies.core.fairness import fairness_summary
+from flhet_strategies.fairness import fairness_summary
 
 from .config import ExperimentConfig
 from .experiment import build_split
@@ -99,13 +99,13 @@ def assemble_results(cfg: ExperimentConfig, history: list[dict],
     Returns
     -------
     dict
-        With ``fairness`` (:func:`~flhet_strategies.core.fairness.fairness_summary` of
+        With ``fairness`` (:func:`~flhet_strategies.fairness.fairness_summary` of
         the final round, contribution vs. gain over local-only where both exist) and,
         when given, ``contributions``.
     """
     rows = _history_rows(history)
     results = {
-        "strategy": f"{cfg.strategy.name}:{cfg.strategy.mode}",
+        "strategy": cfg.strategy.label,
         "dataset": cfg.data.dataset,
         "partitioner": cfg.data.partitioner_spec().to_dict(),
         "num_clients": cfg.data.num_clients,

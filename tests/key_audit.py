@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import phe
 
-from flhet_strategies.core.secure_sum.keys import KeyHolder
+from flhet_strategies.privacy.paillier.keys import KeyHolder
 
 
 def reachable(root: object) -> list:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting
-from flhet_strategies.core.contribution.weighting import ContributionWeighting
+from flhet_strategies.weighting.adaptive import AdaptiveWeighting
+from flhet_strategies.weighting.contribution.weighting import ContributionWeighting
 from simulations.config import ConfigError, load_config
 from simulations.experiment import build_strategy, contribution_ledger
 from simulations.phases import experiment_phases

@@ -11,12 +11,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from flhet_strategies.core.adaptive_weighting import AdaptiveWeighting, prediction_instability
+from flhet_strategies.weighting.adaptive import AdaptiveWeighting, prediction_instability
 from simulations import convergence
-from flhet_strategies.core.consensus import ConsensusConfig
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
 from flhet_strategies.core.distillation import ConsensusDistillation
-from flhet_strategies.core.payload import ClientPayload
-from flhet_strategies.core.weighting import sample_count_weights, uniform_weights
+from flhet_strategies.aggregation.payload import ClientPayload
+from flhet_strategies.weighting.base import sample_count_weights, uniform_weights
 
 NUM_PROXY, NUM_CLASSES = 400, 5
 

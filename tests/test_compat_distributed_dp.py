@@ -17,13 +17,13 @@ from inprocess_proxy import InProcessProxy
 from clients.dp_predictions_numpy_client import DpPredictionsNumPyClient
 from flhet_strategies.compat_api import FedConsensusCompat
 from flhet_strategies.consensus_server import REPLY_ARRAY_KEYS
-from flhet_strategies.core.consensus import ConsensusConfig
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
 from flhet_strategies.core.distillation import PLAN_ARRAY_KEYS, RoundPlan
-from flhet_strategies.core.dp.prediction_noise import (
+from flhet_strategies.privacy.dp.noise_share import (
     PredictionNoiseSettings,
     privatize_predictions,
 )
-from flhet_strategies.core.dp.private_consensus import (
+from flhet_strategies.privacy.dp.settings import (
     NOISY_PROBABILITIES_ARRAY,
     NUM_CLIENTS_KEY,
     PrivateConsensus,

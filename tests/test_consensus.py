@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flhet_strategies.core.consensus import (
+from flhet_strategies.aggregation.logit_consensus import (
     ConsensusConfig,
     class_vote_weights,
     entropy_reduction,

@@ -22,12 +22,12 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flhet_strategies.contribution_fedavg import ContributionWeightedFedAvg
-from flhet_strategies.contribution_fedavg_compat import (
+from flhet_strategies.weighting.contribution_fedavg import ContributionWeightedFedAvg
+from flhet_strategies.weighting.contribution_fedavg import (
     WEIGHT_UNITS,
     ContributionWeightedFedAvgCompat,
 )
-from flhet_strategies.core.contribution.weight_average_round import WeightAverageContribution
+from flhet_strategies.weighting.contribution.weight_average_round import WeightAverageContribution
 
 TARGET = np.array([1.0, -1.0, 0.5])
 

@@ -10,8 +10,8 @@ import pytest
 
 from clients.learners.base import Learner
 from clients.learners.free_rider import FreeRiderLearner
-from flhet_strategies.core.contribution.weighting import ContributionWeighting
-from flhet_strategies.core.payload import ClientPayload, validate_payload
+from flhet_strategies.weighting.contribution.weighting import ContributionWeighting
+from flhet_strategies.aggregation.payload import ClientPayload, validate_payload
 from simulations.config import ConfigError, from_dict, load_config
 from simulations.data.label_noise import flip_labels, with_label_noise_twin
 from simulations.data.loaders import load_dataset

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flhet_strategies.core.consensus import ConsensusConfig
-from flhet_strategies.core.contribution import (
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
+from flhet_strategies.weighting.contribution import (
     ContributionLedger,
     ContributionWeighting,
     ExactShapley,
@@ -16,9 +16,9 @@ from flhet_strategies.core.contribution import (
     ShapleyResult,
     mix_weights,
 )
-from flhet_strategies.core.contribution.synthetic import make_synthetic_logit_game
+from synthetic_games import make_synthetic_logit_game
 from flhet_strategies.core.distillation import ConsensusDistillation
-from flhet_strategies.core.payload import ClientPayload
+from flhet_strategies.aggregation.payload import ClientPayload
 
 NUM_PROXY, PER_ROUND = 2000, 500
 

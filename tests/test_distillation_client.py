@@ -8,8 +8,8 @@ from clients.distillation_client import DistillationClient
 from clients.learners.torch_learner import TorchLearner
 from clients.models.zoo import build_model
 from flhet_strategies.core.distillation import ConsensusDistillation
-from flhet_strategies.core.payload import ClientPayload
-from flhet_strategies.core.recipe import DistillationRecipe
+from flhet_strategies.aggregation.payload import ClientPayload
+from flhet_strategies.algorithms.recipes import DistillationRecipe
 from simulations.data.loaders import load_dataset
 
 

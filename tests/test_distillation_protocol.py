@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from flhet_strategies.core.consensus import ConsensusConfig
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
 from flhet_strategies.core.distillation import ConsensusDistillation, RoundPlan
-from flhet_strategies.core.payload import ClientPayload, PayloadError, validate_payload
-from flhet_strategies.core.recipe import DistillationRecipe
+from flhet_strategies.aggregation.payload import ClientPayload, PayloadError, validate_payload
+from flhet_strategies.algorithms.recipes import DistillationRecipe
 
 C = 4
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from flhet_strategies.dp_fedavg import DpFedAvg
-from flhet_strategies.dp_fedavg_compat import DpFedAvgCompat
+from flhet_strategies.privacy.dp.fedavg import DpFedAvg
+from flhet_strategies.privacy.dp.fedavg import DpFedAvgCompat
 from flhet_strategies.privacy import PrivacyLedger
-from flhet_strategies.privacy.round_budget import (
+from flhet_strategies.privacy.dp.budget import (
     RoundBudget,
     mean_noise_multiplier,
     sampling_for_fraction,

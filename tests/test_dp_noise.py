@@ -27,7 +27,7 @@ from flhet_strategies.core.dp import (
     sensitivity_factor,
     sum_sensitivity,
 )
-from flhet_strategies.core.consensus import softmax
+from flhet_strategies.aggregation.logit_consensus import softmax
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
 bounds = st.floats(1e-3, 1e3)

@@ -13,9 +13,9 @@ import pytest
 
 from clients.mods.dp_predictions import DpPredictionsMod
 from clients.mods.paillier_consensus import PaillierConsensusMod
-from flhet_strategies.core.consensus import ConsensusConfig, softmax
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig, softmax
 from flhet_strategies.core.dp import add_noise_share, clip_payload
-from flhet_strategies.core.dp.private_consensus import NOISY_PROBABILITIES_ARRAY, PrivateConsensus
+from flhet_strategies.privacy.dp.settings import NOISY_PROBABILITIES_ARRAY, PrivateConsensus
 from flhet_strategies.core.secure_consensus import (
     DP_BOUND_STDS,
     ENCRYPTED_CONTRIBUTION_ARRAY,
@@ -23,13 +23,13 @@ from flhet_strategies.core.secure_consensus import (
     released_rows,
 )
 from flhet_strategies.core.secure_consensus_client import ConsensusSumClient
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     CiphertextAggregator,
     EncryptedVector,
     KeyHolder,
     SecureSumOverflowError,
 )
-from flhet_strategies.core.secure_sum.key_files import KeyFiles
+from flhet_strategies.privacy.paillier.key_files import KeyFiles
 from flhet_strategies.message_api import FedConsensus
 from flhet_strategies.secure_consensus_strategy import SecureConsensus
 
@@ -245,8 +245,8 @@ def test_the_simulation_config_allows_distributed_dp_with_paillier_only(tmp_path
 def test_distributed_dp_inside_the_paillier_sum_in_the_simulation_engine(tmp_path):
     import torch
 
-    from flhet_strategies.core.secure_sum import deal_keys
-    from flhet_strategies.privacy.accounting import PrivacyLedger
+    from flhet_strategies.privacy.paillier import deal_keys
+    from flhet_strategies.privacy.dp.accounting import PrivacyLedger
     from simulations.experiment import build_strategy
     from simulations.runner import simulate_strategy
 

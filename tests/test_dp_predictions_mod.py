@@ -27,11 +27,11 @@ from clients.mods.dp_predictions import (
     NUM_CLIENTS_KEY,
     DpPredictionsMod,
 )
-from flhet_strategies.core.consensus import ConsensusConfig, logit_consensus, softmax
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig, logit_consensus, softmax
 from flhet_strategies.core.dp import clip_payload
-from flhet_strategies.core.payload import ClientPayload, PayloadError, validate_payload
+from flhet_strategies.aggregation.payload import ClientPayload, PayloadError, validate_payload
 from flhet_strategies.message_api import CONFIG_KEY, METRICS_KEY, REPLY_KEY
-from flhet_strategies.records import arrays_to_record, record_to_arrays
+from flhet_strategies.faces.records import arrays_to_record, record_to_arrays
 
 ROWS, CLASSES = 40, 10
 

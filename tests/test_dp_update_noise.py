@@ -27,8 +27,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.dp_update_numpy_client import DpUpdateNumPyClient
 from clients.mods.dp_update_noise import DpUpdateNoiseMod
-from flhet_strategies.core.dp.gaussian import realized_noise_multiplier
-from flhet_strategies.core.dp.private_consensus import (
+from flhet_strategies.privacy.dp.gaussian import realized_noise_multiplier
+from flhet_strategies.privacy.dp.settings import (
     CLIP_NORM_KEY,
     NOISE_MULTIPLIER_KEY,
     NUM_CLIENTS_KEY,
@@ -39,9 +39,9 @@ from flhet_strategies.core.dp.update_noise import (
     model_update,
     privatize_update,
 )
-from flhet_strategies.dp_fedavg import DpFedAvg
-from flhet_strategies.dp_fedavg_compat import DpFedAvgCompat
-from flhet_strategies.privacy.round_budget import (
+from flhet_strategies.privacy.dp.fedavg import DpFedAvg
+from flhet_strategies.privacy.dp.fedavg import DpFedAvgCompat
+from flhet_strategies.privacy.dp.budget import (
     RoundBudget,
     distributed_mean_noise_multiplier,
 )

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from flhet_strategies.core.fairness import (
+from flhet_strategies.fairness import (
     accuracy_fairness,
     contribution_gain_correlation,
     correlation,

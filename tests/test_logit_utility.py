@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flhet_strategies.core.consensus import ConsensusConfig, logit_consensus
-from flhet_strategies.core.contribution import (
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig, logit_consensus
+from flhet_strategies.weighting.contribution import (
     ExactShapley,
     LogitConsensusUtility,
     WeightedAverageUtility,
 )
-from flhet_strategies.core.contribution.exact import all_coalition_masks
-from flhet_strategies.core.contribution.games import prefix_masks
-from flhet_strategies.core.contribution.synthetic import make_synthetic_logit_game
+from flhet_strategies.weighting.contribution.exact import all_coalition_masks
+from flhet_strategies.weighting.contribution.games import prefix_masks
+from synthetic_games import make_synthetic_logit_game
 
 # Two clients, three samples, three classes; labels (0, 1, 2).
 PROBABILITIES = np.array(

@@ -48,13 +48,15 @@ def test_logits_shape_and_backward(name: str, input_shape: tuple[int, int, int])
     assert no_grad == []
 
 
-@pytest.mark.parametrize("name", ["cnn_small", "cnn_wide", "mlp", "vit_tiny", "shufflenet_v2"])
+@pytest.mark.parametrize(
+    "name", ["cnn_small", "cnn_wide", "mlp", "vit_tiny", "shufflenet_v2", "lenet5"]
+)
 def test_digits_sized_inputs(name: str) -> None:
     model = build_model(name, (1, 8, 8), NUM_CLASSES)
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("name", ["cnn_small", "vit_tiny", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["cnn_small", "vit_tiny", "mobilenet_v3_small", "lenet5"])
 def test_same_seed_same_init_different_seed_different_init(name: str) -> None:
     first = _state(build_model(name, (1, 28, 28), NUM_CLASSES, seed=7))
     again = _state(build_model(name, (1, 28, 28), NUM_CLASSES, seed=7))
@@ -89,19 +91,25 @@ def test_count_parameters_matches_layer_arithmetic() -> None:
     mlp = build_model("mlp", (1, 28, 28), NUM_CLASSES)
     expected = (784 * 256 + 256) + (256 * 128 + 128) + (128 * NUM_CLASSES + NUM_CLASSES)
     assert count_parameters(mlp) == expected
+    lenet = build_model("lenet5", (3, 32, 32), NUM_CLASSES)
+    expected = (
+        (3 * 25 * 6 + 6) + (6 * 25 * 16 + 16) + (400 * 120 + 120) + (120 * 84 + 84)
+        + (84 * NUM_CLASSES + NUM_CLASSES)
+    )
+    assert count_parameters(lenet) == expected
 
 
 def test_torchvision_stems_are_adapted_to_small_inputs() -> None:
-    resnet = build_model("resnet18", (1, 28, 28), NUM_CLASSES)
+    resnet = build_model("resnet18", (1, 28, 28), NUM_CLASSES).body
     assert resnet.conv1.in_channels == 1 and resnet.conv1.stride == (1, 1)
     assert isinstance(resnet.maxpool, torch.nn.Identity)
-    mobilenet = build_model("mobilenet_v3_small", (1, 28, 28), NUM_CLASSES)
+    mobilenet = build_model("mobilenet_v3_small", (1, 28, 28), NUM_CLASSES).body
     assert mobilenet.features[0][0].in_channels == 1
     assert mobilenet.features[0][0].stride == (1, 1)
-    shufflenet = build_model("shufflenet_v2", (3, 32, 32), NUM_CLASSES)
+    shufflenet = build_model("shufflenet_v2", (3, 32, 32), NUM_CLASSES).body
     assert shufflenet.conv1[0].stride == (1, 1)
     assert isinstance(shufflenet.maxpool, torch.nn.Identity)
-    vit = build_model("vit_tiny", (1, 28, 28), NUM_CLASSES)
+    vit = build_model("vit_tiny", (1, 28, 28), NUM_CLASSES).body
     assert vit.conv_proj.in_channels == 1
 
 
@@ -142,9 +150,9 @@ def test_bad_num_classes_raises(num_classes: object) -> None:
 
 
 def test_vit_patch_sizes_follow_the_spec() -> None:
-    assert build_model("vit_tiny", (1, 28, 28), NUM_CLASSES).patch_size == 7
-    assert build_model("vit_tiny", (3, 32, 32), NUM_CLASSES).patch_size == 4
-    assert build_model("vit_tiny", (1, 8, 8), NUM_CLASSES).patch_size == 2
+    assert build_model("vit_tiny", (1, 28, 28), NUM_CLASSES).body.patch_size == 7
+    assert build_model("vit_tiny", (3, 32, 32), NUM_CLASSES).body.patch_size == 4
+    assert build_model("vit_tiny", (1, 8, 8), NUM_CLASSES).body.patch_size == 2
 
 
 @settings(max_examples=15, deadline=None)
@@ -157,9 +165,53 @@ def test_vit_patch_sizes_follow_the_spec() -> None:
 def test_small_nets_accept_any_reasonable_shape(
     channels: int, height: int, width: int, num_classes: int
 ) -> None:
-    for name in ("cnn_small", "mlp"):
+    for name in ("cnn_small", "mlp", "lenet5"):
         model = build_model(name, (channels, height, width), num_classes)
         assert model(torch.zeros(2, channels, height, width)).shape == (2, num_classes)
+
+
+def test_lenet5_layers_follow_lecun_1998() -> None:
+    model = build_model("lenet5", (1, 28, 28), NUM_CLASSES)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (6, (5, 5), (2, 2)),
+        (16, (5, 5), (2, 2)),
+    ]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (400, 120),
+        (120, 84),
+        (84, NUM_CLASSES),
+    ]
+    assert model.head is linears[-1] and model.feature_dim == 84
+    assert describe("lenet5") == {"architecture": "lenet5", "family": "cnn", "framework": "pytorch"}
+    assert ARCHITECTURES[-1] == "lenet5"  # appended: the older members keep their order
+    # 4x4 is the smallest image it takes; smaller ones are rejected with a clear message.
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, NUM_CLASSES)
+    assert build_model("lenet5", (3, 4, 4), 3)(torch.zeros(2, 3, 4, 4)).shape == (2, 3)
+    with pytest.raises(ValueError, match="at least 4x4"):
+        build_model("lenet5", (1, 3, 3), NUM_CLASSES)
+
+
+def test_lenet5_trains_on_a_separable_task() -> None:
+    # Class 0: bright left half, class 1: bright right half, plus noise.
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 2
+    images = 0.3 * torch.randn(64, 1, 12, 12, generator=gen)
+    images[labels == 0, :, :, :6] += 1.0
+    images[labels == 1, :, :, 6:] += 1.0
+    model = build_model("lenet5", (1, 12, 12), 2, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    with torch.no_grad():
+        assert (model(images).argmax(1) == labels).float().mean() == 1.0
 
 
 def test_describe_every_model() -> None:

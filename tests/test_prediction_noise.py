@@ -17,13 +17,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.dp_predictions_numpy_client import NOISE_STD_METRIC, DpPredictionsNumPyClient
 from clients.mods.dp_predictions import DpPredictionsMod
-from flhet_strategies.core.consensus import softmax
+from flhet_strategies.aggregation.logit_consensus import softmax
 from flhet_strategies.core.dp import clip_payload
-from flhet_strategies.core.dp.prediction_noise import (
+from flhet_strategies.privacy.dp.noise_share import (
     PredictionNoiseSettings,
     privatize_predictions,
 )
-from flhet_strategies.core.dp.private_consensus import (
+from flhet_strategies.privacy.dp.settings import (
     CLIP_MODE_KEY,
     CLIP_NORM_KEY,
     NOISE_MULTIPLIER_KEY,
@@ -32,7 +32,7 @@ from flhet_strategies.core.dp.private_consensus import (
     PrivateConsensus,
 )
 from flhet_strategies.message_api import CONFIG_KEY, METRICS_KEY, REPLY_KEY
-from flhet_strategies.records import arrays_to_record, record_to_arrays
+from flhet_strategies.faces.records import arrays_to_record, record_to_arrays
 
 ROWS, CLASSES = 50, 10
 

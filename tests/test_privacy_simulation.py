@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from flhet_strategies.privacy.accounting import PrivacyLedger
+from flhet_strategies.privacy.dp.accounting import PrivacyLedger
 from simulations.config import ConfigError, from_dict
 from simulations.experiment import dp_noise_multiplier
 from simulations.runner import run_experiment, simulate_strategy

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from flhet_strategies.consensus_server import ClientResult, ConsensusServer
-from flhet_strategies.core.consensus import ConsensusConfig, logit_consensus
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig, logit_consensus
 from flhet_strategies.core.distillation import ConsensusDistillation
-from flhet_strategies.core.dp.private_consensus import (
+from flhet_strategies.privacy.dp.settings import (
     NOISY_PROBABILITIES_ARRAY,
     NUM_CLIENTS_KEY,
     PrivateConsensus,
 )
-from flhet_strategies.core.payload import ClientPayload
-from flhet_strategies.privacy.accounting import PrivacyLedger
-from flhet_strategies.privacy.round_budget import RoundBudget
+from flhet_strategies.aggregation.payload import ClientPayload
+from flhet_strategies.privacy.dp.accounting import PrivacyLedger
+from flhet_strategies.privacy.dp.budget import RoundBudget
 
 NO_VOTES = ConsensusConfig(class_vote_weighting=False)
 

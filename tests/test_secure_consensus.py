@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flhet_strategies.core.consensus import (
+from flhet_strategies.aggregation.logit_consensus import (
     ConsensusConfig,
     class_vote_weights,
     logit_consensus,
     softmax,
 )
 from flhet_strategies.core.secure_consensus import SecureConsensusSpec
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     CiphertextAggregator,
     EncryptedVector,
     KeyHolder,

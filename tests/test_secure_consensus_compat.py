@@ -20,7 +20,7 @@ from inprocess_proxy import InProcessProxy
 
 from clients.secure_consensus_numpy_client import SecureConsensusNumPyClient
 from flhet_strategies.compat_api import FedConsensusCompat
-from flhet_strategies.core.consensus import ConsensusConfig, logit_consensus, softmax
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig, logit_consensus, softmax
 from flhet_strategies.core.distillation import PLAN_ARRAY_KEYS, RoundPlan
 from flhet_strategies.core.secure_consensus import (
     DECRYPT_FAILED_METRIC,
@@ -30,7 +30,7 @@ from flhet_strategies.core.secure_consensus import (
     SPEC_CONFIG_KEY,
     SecureConsensusSpec,
 )
-from flhet_strategies.core.secure_sum import EncryptedVector, KeyHolder
+from flhet_strategies.privacy.paillier import EncryptedVector, KeyHolder
 from flhet_strategies.message_api import FedConsensus
 from flhet_strategies.secure_consensus_compat import (
     DECRYPT_ERROR_METRIC,
@@ -335,7 +335,7 @@ def test_three_secure_compat_rounds_in_the_simulation_engine(tmp_path) -> None:
 
     from clients.numpy_client import DistillationNumPyClient
     from clients.state import client_id_from_context
-    from flhet_strategies.core.secure_sum import deal_keys, load_key_holder, load_public_key
+    from flhet_strategies.privacy.paillier import deal_keys, load_key_holder, load_public_key
     from simulations.config import from_dict
     from simulations.experiment import backend_config, build_client, build_split
 

@@ -13,7 +13,7 @@ from clients.client_app import distillation_client_app
 from clients.mods.paillier_consensus import PaillierConsensusMod
 from clients.state import client_id_from_context
 from flhet_strategies.core.secure_consensus import SecureConsensusSpec
-from flhet_strategies.core.secure_sum import deal_keys, load_public_key
+from flhet_strategies.privacy.paillier import deal_keys, load_public_key
 from flhet_strategies.message_api import FedConsensus
 from flhet_strategies.secure_consensus_strategy import SecureConsensus
 from simulations.config import from_dict

@@ -27,7 +27,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.mods.paillier_consensus import PaillierConsensusMod
-from flhet_strategies.core.consensus import ConsensusConfig, logit_consensus
+from flhet_strategies.aggregation.logit_consensus import ConsensusConfig, logit_consensus
 from flhet_strategies.core.distillation import RoundPlan
 from flhet_strategies.core.secure_consensus import (
     DECRYPT_FAILED_METRIC,
@@ -38,14 +38,14 @@ from flhet_strategies.core.secure_consensus import (
     SPEC_CONFIG_KEY,
     SecureConsensusSpec,
 )
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     CiphertextAggregator,
     EncryptedVector,
     KeyHolder,
     SecureSumCodec,
     save_key_holder,
 )
-from flhet_strategies.core.weighting import uniform_weights
+from flhet_strategies.weighting.base import uniform_weights
 from flhet_strategies.message_api import (
     CONFIG_KEY,
     METRICS_KEY,
@@ -53,7 +53,7 @@ from flhet_strategies.message_api import (
     REPLY_KEY,
     FedConsensus,
 )
-from flhet_strategies.records import arrays_to_record, record_to_arrays
+from flhet_strategies.faces.records import arrays_to_record, record_to_arrays
 from flhet_strategies.secure_consensus_strategy import SecureConsensus
 from key_audit import assert_holds_no_private_key
 

@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from clients.mods.paillier_fedavg import PaillierFedAvgMod, decrypt_model_record
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     InsecureKeyError,
     KeyHolder,
     KeyMismatchError,
@@ -33,16 +33,16 @@ from flhet_strategies.core.secure_sum import (
     load_key_holder,
     load_public_key,
 )
-from flhet_strategies.core.secure_sum.model_client import ModelSumClient
-from flhet_strategies.core.secure_sum.model_server import ModelSumServer
-from flhet_strategies.core.secure_sum.model_updates import (
+from flhet_strategies.privacy.paillier.model_client import ModelSumClient
+from flhet_strategies.privacy.paillier.model_server import ModelSumServer
+from flhet_strategies.privacy.paillier.model_updates import (
     CLIPPED_METRIC,
     ENCRYPTED_SUM_ARRAY,
     SecureModelSpec,
 )
-from flhet_strategies.records import arrays_to_record
-from flhet_strategies.secure_fedavg import SecureFedAvg
-from flhet_strategies.secure_fedavg_compat import SecureFedAvgCompat
+from flhet_strategies.faces.records import arrays_to_record
+from flhet_strategies.privacy.paillier.fedavg import SecureFedAvg
+from flhet_strategies.privacy.paillier.fedavg import SecureFedAvgCompat
 from key_audit import assert_holds_no_private_key
 
 MODEL = {"conv": np.zeros((4, 3, 5), np.float32), "bias": np.zeros(7, np.float64),

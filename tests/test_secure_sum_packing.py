@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     FixedPointEncoder,
     MalformedPayloadError,
     SecureSumLayout,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     MIN_KEY_BITS,
     CiphertextAggregator,
     EncryptedVector,
@@ -24,7 +24,7 @@ from flhet_strategies.core.secure_sum import (
     public_key_from_bytes,
     public_key_to_bytes,
 )
-from flhet_strategies.core.secure_sum.serialize import HEADER
+from flhet_strategies.privacy.paillier.serialize import HEADER
 import key_audit
 
 FOREIGN_KEY_ERRORS = (KeyMismatchError, MalformedPayloadError, SecureSumOverflowError)

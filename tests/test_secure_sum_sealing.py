@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flhet_strategies.core.secure_consensus import consensus_context, consensus_from_bytes
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     GroupSeal,
     KeyHolder,
     MalformedPayloadError,

@@ -10,7 +10,7 @@ import gmpy2
 import numpy as np
 import pytest
 
-from flhet_strategies.core.secure_sum import (
+from flhet_strategies.privacy.paillier import (
     CiphertextAggregator,
     KeyHolder,
     MalformedPayloadError,
@@ -22,7 +22,7 @@ from flhet_strategies.core.secure_sum import (
     load_public_key,
     save_key_holder,
 )
-from flhet_strategies.core.secure_sum.short_exponent import _TABLES
+from flhet_strategies.privacy.paillier.short_exponent import _TABLES
 
 
 @pytest.fixture(scope="module")

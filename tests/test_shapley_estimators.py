@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flhet_strategies.core.contribution import (
+from flhet_strategies.weighting.contribution import (
     CoalitionUtility,
     ExactShapley,
     GTGShapley,
@@ -18,12 +18,12 @@ from flhet_strategies.core.contribution import (
     make_estimator,
     should_skip_round,
 )
-from flhet_strategies.core.contribution.stratified import (
+from flhet_strategies.weighting.contribution.stratified import (
     neyman_size_distribution,
     svarm_size_distribution,
     warmup_coalitions,
 )
-from flhet_strategies.core.contribution.synthetic import make_synthetic_logit_game
+from synthetic_games import make_synthetic_logit_game
 
 BUDGET = 600  # of the 1,024 coalitions of a 10-player game
 

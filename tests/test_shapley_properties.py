@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flhet_strategies.core.contribution import (
+from flhet_strategies.weighting.contribution import (
     CoalitionUtility,
     ExactShapley,
     GTGShapley,
     PermutationShapley,
 )
-from flhet_strategies.core.contribution.exact import all_coalition_masks
+from flhet_strategies.weighting.contribution.exact import all_coalition_masks
 
 BIT_WEIGHTS = 2 ** np.arange(8)
 

@@ -20,7 +20,9 @@ class FreeRiderLearner:
     3 the implied class probabilities look like confident guesses (the largest is
     typically above one half), as a trained model's would; ``scale=0`` sends zeros,
     i.e. uniform predictions. The draws are reproducible: :meth:`reseed` (called
-    by the client every round) restarts them.
+    by the client every round) restarts them. It has no features to embed, so it is
+    not a :class:`~clients.learners.base.FeatureLearner` and
+    :func:`~clients.learners.base.require_features` rejects it.
 
     Parameters
     ----------

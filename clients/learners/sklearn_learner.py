@@ -25,6 +25,10 @@ class SklearnLearner:
     incrementally, one pass per epoch, like a neural network; others are refitted
     from scratch on every :meth:`train` call and ``epochs`` is ignored.
 
+    It only predicts: it has no features to embed, so it is not a
+    :class:`~clients.learners.base.FeatureLearner` and
+    :func:`~clients.learners.base.require_features` rejects it.
+
     Parameters
     ----------
     estimator : sklearn estimator

@@ -1,4 +1,10 @@
-"""A :class:`~clients.learners.base.Learner` for any ``torch.nn.Module`` classifier."""
+"""A :class:`~clients.learners.base.Learner` for any ``torch.nn.Module`` classifier.
+
+On a model split into ``body`` and ``head`` (every zoo model, see
+:class:`~clients.models.split.SplitModel`) it is also a
+:class:`~clients.learners.base.FeatureLearner`: it embeds inputs, shares its head and
+trains with an auxiliary feature loss.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,20 @@ import torch
 import torch.nn.functional as F
 
 from ..kd_loss import kd_loss
-from .base import DistillTarget
+from .base import AuxLoss, DistillTarget
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+_BATCH = 512
+"""Inference batch size of :meth:`TorchLearner.predict_logits` and the feature methods."""
+
+
+class NoFeatureSplitError(TypeError, AttributeError):
+    """The learner's model has no ``body``/``head`` split, so it cannot give features.
+
+    A ``TypeError`` (the model is of the wrong kind) that is also an ``AttributeError``,
+    so ``hasattr(learner, "feature_dim")`` is ``False`` for such a learner.
+    """
 
 
 class TorchLearner:
@@ -21,10 +38,17 @@ class TorchLearner:
     ``weight * kd_loss`` on the next proxy mini-batch (cycling through the proxy
     samples), so private cross-entropy and distillation are optimised jointly.
 
+    If the model has ``body`` and ``head`` submodules (logits ``= head(body(x))``, as for
+    every :class:`~clients.models.split.SplitModel`), the learner also offers
+    :meth:`embed`, :attr:`feature_dim`, :meth:`get_head`, :meth:`set_head`,
+    :meth:`predict_from_features` and ``train(..., aux_loss=...)``; on any other module
+    these raise a :class:`NoFeatureSplitError` (a ``TypeError``).
+
     Parameters
     ----------
     model : torch.nn.Module
-        Maps ``(N, C, H, W)`` float32 inputs to ``(N, num_classes)`` logits.
+        Maps ``(N, C, H, W)`` float32 inputs to ``(N, num_classes)`` logits; a
+        :class:`~clients.models.split.SplitModel` or any module with ``body``/``head``.
     lr : float (default: 0.05)
         Learning rate.
     optimizer : str (default: "sgd")
@@ -85,6 +109,41 @@ class TorchLearner:
         while True:
             yield from self._batches(n)
 
+    def _split(self, what: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The model's ``(body, head)``, or a :class:`NoFeatureSplitError` naming ``what``."""
+        body = getattr(self.model, "body", None)
+        head = getattr(self.model, "head", None)
+        if not isinstance(body, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+            raise NoFeatureSplitError(
+                f"TorchLearner.{what} needs a model with `body` and `head` submodules "
+                f"(features = body(x), logits = head(features)); "
+                f"{type(self.model).__name__} has none: wrap it in "
+                f"clients.models.SplitModel(body, head)."
+            )
+        return body, head
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the features :meth:`embed` returns (the head's input width).
+
+        Read from the model's ``feature_dim`` attribute, else the head's ``in_features``.
+
+        Raises
+        ------
+        NoFeatureSplitError
+            If the model has no ``body``/``head`` split or its feature width is unknown.
+        """
+        _, head = self._split("feature_dim")
+        dim = getattr(self.model, "feature_dim", None)
+        if dim is None:
+            dim = getattr(head, "in_features", None)
+        if dim is None:
+            raise NoFeatureSplitError(
+                f"TorchLearner.feature_dim: {type(self.model).__name__} has no feature_dim "
+                f"attribute and its {type(head).__name__} head no in_features."
+            )
+        return int(dim)
+
     def train(
         self,
         x: np.ndarray,
@@ -92,17 +151,44 @@ class TorchLearner:
         epochs: int,
         distill: DistillTarget | None = None,
         lr_scale: float = 1.0,
+        aux_loss: AuxLoss | None = None,
     ) -> dict[str, float]:
         """Train on private data for ``epochs``, optionally with joint distillation.
+
+        Parameters
+        ----------
+        x, y : numpy.ndarray
+            Private inputs ``(N, C, H, W)`` and integer labels ``(N,)``.
+        epochs : int
+            Passes over the private data.
+        distill : DistillTarget, optional
+            Proxy soft targets to distill towards jointly (see the class docstring).
+        lr_scale : float (default: 1.0)
+            Factor on the learning rate for this call.
+        aux_loss : callable, optional
+            ``aux_loss(features, logits, labels) -> scalar tensor`` on each private batch
+            (``features = model.body(x)``, ``logits = model.head(features)``), added to
+            its loss; e.g. FedProto's distance to the global class prototypes. Needs a
+            model with a ``body``/``head`` split. Without it the model is called as a whole.
 
         Returns
         -------
         dict[str, float]
             ``train_loss`` (mean private cross-entropy) and ``kd_loss`` (mean
-            distillation loss, 0 without a target).
+            distillation loss, 0 without a target); with ``aux_loss`` also ``aux_loss``
+            (its mean).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` and ``y`` differ in length, or ``aux_loss`` returns a non-scalar.
+        NoFeatureSplitError
+            If ``aux_loss`` is given and the model has no ``body``/``head`` split.
         """
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        if aux_loss is not None:
+            body, head = self._split("train(aux_loss=...)")
         xt = torch.tensor(x, dtype=torch.float32)
         yt = torch.tensor(y, dtype=torch.long)
         stream, px, pp = None, None, None
@@ -112,15 +198,31 @@ class TorchLearner:
             stream = self._proxy_stream(len(px))
         opt = self._optimizer(lr_scale)
         self.model.train()
-        ce_sum, kd_sum, steps = 0.0, 0.0, 0
+        ce_sum, kd_sum, aux_sum, steps = 0.0, 0.0, 0.0, 0
         for _ in range(int(epochs)):
             for idx in self._batches(len(xt)):
                 if len(idx) < 2:
                     continue  # BatchNorm cannot train on a single sample
                 opt.zero_grad()
-                out = self.model(xt[idx].to(self.device))
-                loss = F.cross_entropy(out, yt[idx].to(self.device))
-                ce_sum += loss.item()
+                if aux_loss is None:
+                    out = self.model(xt[idx].to(self.device))
+                    loss = F.cross_entropy(out, yt[idx].to(self.device))
+                    ce_sum += loss.item()
+                else:
+                    labels = yt[idx].to(self.device)
+                    features = body(xt[idx].to(self.device))
+                    out = head(features)
+                    loss = F.cross_entropy(out, labels)
+                    ce_sum += loss.item()
+                    aux = aux_loss(features, out, labels)
+                    if not isinstance(aux, torch.Tensor) or aux.numel() != 1:
+                        got = (f"shape {tuple(aux.shape)}" if isinstance(aux, torch.Tensor)
+                               else type(aux).__name__)
+                        raise ValueError("aux_loss(features, logits, labels) must return a "
+                                         f"scalar tensor, got {got}")
+                    aux = aux.reshape(())
+                    aux_sum += aux.item()
+                    loss = loss + aux
                 if stream is not None:
                     pidx = next(stream)
                     if len(pidx) < 2:
@@ -133,7 +235,10 @@ class TorchLearner:
                 opt.step()
                 steps += 1
         steps = max(steps, 1)
-        return {"train_loss": ce_sum / steps, "kd_loss": kd_sum / steps}
+        metrics = {"train_loss": ce_sum / steps, "kd_loss": kd_sum / steps}
+        if aux_loss is not None:
+            metrics["aux_loss"] = aux_sum / steps
+        return metrics
 
     def distill(self, target: DistillTarget, epochs: int) -> dict[str, float]:
         """Train on the proxy soft targets alone for ``epochs`` passes."""
@@ -161,11 +266,116 @@ class TorchLearner:
         self.model.eval()
         outs = []
         xt = torch.tensor(x, dtype=torch.float32)
-        for start in range(0, len(xt), 512):
-            outs.append(self.model(xt[start : start + 512].to(self.device)).cpu())
+        for start in range(0, len(xt), _BATCH):
+            outs.append(self.model(xt[start : start + _BATCH].to(self.device)).cpu())
         if not outs:
             raise ValueError("predict_logits needs at least one input")
         return torch.cat(outs).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """Body features of ``x``, computed in eval mode without gradients.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Inputs ``(N, C, H, W)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N, feature_dim)`` float32 (``(0, feature_dim)`` for no inputs).
+
+        Raises
+        ------
+        NoFeatureSplitError
+            If the model has no ``body``/``head`` split.
+        """
+        body, _ = self._split("embed")
+        dim = self.feature_dim
+        self.model.eval()
+        xt = torch.tensor(x, dtype=torch.float32)
+        outs = [body(xt[start : start + _BATCH].to(self.device)).cpu()
+                for start in range(0, len(xt), _BATCH)]
+        if not outs:
+            return np.zeros((0, dim), dtype=np.float32)
+        features = torch.cat(outs)
+        if features.ndim != 2 or features.shape[1] != dim:
+            raise ValueError(f"the model's body returned features of shape "
+                             f"{tuple(features.shape)}, expected (N, {dim})")
+        return features.numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def predict_from_features(self, features: np.ndarray) -> np.ndarray:
+        """Logits of the head on given features, in eval mode.
+
+        Parameters
+        ----------
+        features : numpy.ndarray
+            ``(N, feature_dim)`` features, e.g. from :meth:`embed` or class prototypes.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N, num_classes)`` float32 logits.
+
+        Raises
+        ------
+        ValueError
+            If ``features`` is not ``(N, feature_dim)``.
+        NoFeatureSplitError
+            If the model has no ``body``/``head`` split.
+        """
+        _, head = self._split("predict_from_features")
+        dim = self.feature_dim
+        ft = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+        if ft.ndim != 2 or ft.shape[1] != dim:
+            raise ValueError(f"features must have shape (N, {dim}), got {tuple(ft.shape)}")
+        self.model.eval()
+        outs = [head(ft[start : start + _BATCH].to(self.device)).cpu()
+                for start in range(0, len(ft), _BATCH)] or [head(ft.to(self.device)).cpu()]
+        return torch.cat(outs).numpy().astype(np.float32)
+
+    def get_head(self) -> dict[str, np.ndarray]:
+        """The head's ``state_dict`` as numpy arrays (keys relative to the head).
+
+        Raises
+        ------
+        NoFeatureSplitError
+            If the model has no ``body``/``head`` split.
+        """
+        _, head = self._split("get_head")
+        return {k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()}
+
+    def set_head(self, head_state: dict[str, np.ndarray]) -> None:
+        """Load head parameters from :meth:`get_head` (e.g. another client's head).
+
+        Parameters
+        ----------
+        head_state : dict[str, numpy.ndarray]
+            Exactly the head's ``state_dict`` names, with matching shapes.
+
+        Raises
+        ------
+        ValueError
+            If names or shapes differ from this learner's head.
+        NoFeatureSplitError
+            If the model has no ``body``/``head`` split.
+        """
+        _, head = self._split("set_head")
+        own = head.state_dict()
+        missing = sorted(set(own) - set(head_state))
+        unexpected = sorted(set(head_state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"head state names do not match: missing {missing}, "
+                             f"unexpected {unexpected}")
+        wrong = {k: (tuple(np.shape(v)), tuple(own[k].shape))
+                 for k, v in head_state.items() if tuple(np.shape(v)) != tuple(own[k].shape)}
+        if wrong:
+            detail = ", ".join(f"{k}: got {g}, expected {e}" for k, (g, e) in wrong.items())
+            raise ValueError(f"head state shapes do not match: {detail}")
+        head.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in head_state.items()},
+                             strict=True)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """The ``state_dict`` (parameters and buffers) as numpy arrays."""

@@ -1,8 +1,9 @@
-"""Small hand-written PyTorch classifiers: two CNNs and an MLP.
+"""Small hand-written PyTorch classifiers: three CNNs (one is LeNet-5) and an MLP.
 
-The two CNNs end in adaptive average pooling, so their parameter count does not
-depend on the image size; the MLP's first layer does (it sees every pixel).
-All three take ``(N, C, H, W)`` images and return ``(N, num_classes)`` logits.
+The CNNs end in adaptive average pooling, so their parameter count does not depend
+on the image size; the MLP's first layer does (it sees every pixel). All take
+``(N, C, H, W)`` images and return ``(N, num_classes)`` logits; each is an
+``nn.Sequential`` whose last layer is the linear head (the zoo splits it off).
 """
 
 from __future__ import annotations
@@ -98,3 +99,37 @@ class MLP(nn.Sequential):
             nn.Linear(128, num_classes),
         )
 
+
+
+class LeNet5(nn.Sequential):
+    """LeNet-5 (LeCun et al., 1998, "Gradient-based learning applied to document recognition").
+
+    Two 5x5 convolutions (6 and 16 channels, padding 2) with ReLU and 2x2 max pooling,
+    an adaptive average pooling to 5x5 (so any image of at least 4x4 pixels works), then
+    fully connected layers 400 -> 120 -> 84 with ReLU and the linear head 84 -> classes.
+    About 62k parameters for 10 classes.
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of image channels ``C``.
+    num_classes : int
+        Number of output logits.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(5),
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
+            nn.Linear(84, num_classes),
+        )

@@ -4,6 +4,8 @@ Every builder passes ``weights=None``: nothing is ever downloaded. The adaptatio
 usual CIFAR one: the stem convolution takes ``C`` input channels with stride 1 and the
 stem max-pool is removed, so a 28x28 image is not shrunk to 7x7 before the first block.
 Replaced layers are re-initialised the way torchvision initialises the original ones.
+These builders return the whole torchvision model; :func:`clients.models.build_model`
+then splits its last linear layer off as the head (see :mod:`clients.models.split`).
 """
 
 from __future__ import annotations

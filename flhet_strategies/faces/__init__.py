@@ -1,0 +1,1 @@
+"""The generic Flower faces: one Message-API and one compat strategy for any server half."""

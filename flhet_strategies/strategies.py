@@ -1,0 +1,375 @@
+"""The strategies users import: an algorithm's server half in one of the two generic faces.
+
+Each class only builds its server half (and its privacy wrappers) and hands it to
+:class:`~flhet_strategies.faces.message.MessageStrategy` or
+:class:`~flhet_strategies.faces.compat.CompatStrategy`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from phe import PaillierPublicKey
+
+from .aggregation.logit_consensus import ConsensusConfig
+from .algorithms.consensus import ConsensusDistillation
+from .algorithms.prototypes import FedProtoServer, FedTGPServer
+from .algorithms.recipes import DistillationRecipe, PrototypeRecipe
+from .faces.compat import CompatStrategy
+from .faces.message import MessageStrategy
+from .privacy.dp.budget import RoundBudget
+from .privacy.dp.mechanism import DifferentialPrivacy
+from .privacy.dp.settings import DpSettings, PrivateConsensus
+from .privacy.paillier.secure_sum import SecureSum
+from .protocol import ServerAlgorithm
+from .weighting.base import WeightFn, sample_count_weights, uniform_weights
+
+
+def consensus_algorithm(num_proxy: int, num_classes: int, proxy_per_round: int = 2000,
+                        consensus: ConsensusConfig | None = None,
+                        recipe: DistillationRecipe | None = None,
+                        weight_fn: WeightFn = sample_count_weights, seed: int = 0,
+                        always_include: np.ndarray | None = None,
+                        privacy: PrivateConsensus | None = None,
+                        privacy_budget: RoundBudget | None = None, *, population: int = 2,
+                        fraction: float = 1.0) -> ServerAlgorithm:
+    """The consensus server half, wrapped in differential privacy when ``privacy`` is set.
+
+    See :class:`FedConsensus` for the parameters; ``population`` and ``fraction`` size
+    the default privacy budget.
+
+    Raises
+    ------
+    ValueError
+        For a budget without ``privacy``, or ``privacy`` with a rule it cannot privatize
+        (FedMD, per-class votes, a custom ``weight_fn``).
+    """
+    consensus = consensus or ConsensusConfig()
+    if privacy is None:
+        if privacy_budget is not None:
+            raise ValueError("privacy_budget given without privacy (a PrivateConsensus)")
+        return ConsensusDistillation(num_proxy, num_classes, proxy_per_round, consensus, recipe,
+                                     weight_fn, seed, always_include)
+    if consensus.mode != "dsfl":
+        raise ValueError("differential privacy is implemented for the DS-FL consensus (mean of "
+                         f"probabilities), not for mode {consensus.mode!r}")
+    if consensus.class_vote_weighting:
+        raise ValueError("differential privacy needs class_vote_weighting = False: per-class "
+                         "vote weights use the clients' exact label histograms")
+    if weight_fn is not sample_count_weights and weight_fn is not uniform_weights:
+        raise ValueError("differential privacy weights clients equally; a custom weight_fn "
+                         "would make the sensitivity data-dependent")
+    if privacy_budget is not None and not privacy_budget.ledger.non_negative_payloads:
+        raise ValueError("the consensus releases probabilities: build its RoundBudget with "
+                         "non_negative_payloads=True")
+    core = ConsensusDistillation(num_proxy, num_classes, proxy_per_round, consensus, recipe,
+                                 uniform_weights, seed, always_include,
+                                 min_margin=getattr(privacy, "min_margin", 2.0),
+                                 min_rows=getattr(privacy, "min_rows", 10))
+    return DifferentialPrivacy(core, privacy, privacy_budget, population_size=population,
+                               fraction=fraction)
+
+
+class FedConsensus(MessageStrategy):
+    """Logit-consensus distillation over a public proxy set (FedMD / DS-FL), Message API.
+
+    Clients of any architecture train on their private data and share only their
+    predictions on public proxy samples; each round the server forms a weighted
+    consensus (FedMD: mean logits; DS-FL: mean probabilities sharpened by entropy
+    reduction; optionally per-class votes) and sends it back to distill on. Pair it with
+    :func:`clients.faces.client_app.flhet_client_app`.
+    FedMD: https://arxiv.org/abs/1910.03581, DS-FL: https://arxiv.org/abs/2008.06180.
+
+    Parameters
+    ----------
+    num_proxy : int
+        Size of the public proxy set the clients hold.
+    num_classes : int
+        Number of classes.
+    proxy_per_round : int (default: 2000)
+        Proxy samples per round (a fresh seeded subset each round).
+    consensus : ConsensusConfig, optional
+        The consensus rule (DS-FL + ERA 0.1 + per-class votes by default).
+    recipe : DistillationRecipe, optional
+        The client recipe (epochs, KD weight/temperature, schedule, final epochs).
+    weight_fn : WeightFn (default: sample_count_weights)
+        Client weights; swap in contribution-based or adaptive weights here.
+    fraction_train : float (default: 1.0)
+        Fraction of connected nodes sampled for training each round.
+    fraction_evaluate : float (default: 1.0)
+        Fraction of connected nodes sampled for evaluation.
+    min_available_nodes : int (default: 2)
+        Wait until this many nodes are connected.
+    evaluate_every : int (default: 1)
+        Clients evaluate every this many rounds (and always after the last one).
+    seed : int (default: 0)
+        Seed of the proxy subsets and the node sampler.
+    phase : str (default: "main")
+        Name of this run, sent with every message; clients keep one model per phase.
+    always_include : np.ndarray, optional
+        Proxy indices requested every round (e.g. the server's labeled validation slice
+        for :class:`~flhet_strategies.weighting.contribution.weighting.ContributionWeighting`).
+    privacy : PrivateConsensus, optional
+        Client-level DP of every released consensus (the server half is wrapped in
+        :class:`~flhet_strategies.privacy.dp.mechanism.DifferentialPrivacy`); central, or
+        distributed with :class:`clients.mods.DpNoiseMod` on the clients. Needs DS-FL
+        without per-class votes; clients are weighted equally.
+    privacy_budget : RoundBudget, optional
+        Accounting of ``privacy`` (Flower's ``RdpAccountant``), with ``max_epsilon`` a
+        budget: the run stops cleanly after the last round that fits. Default with
+        ``privacy``: ``min_available_nodes`` clients, delta 1e-5, no limit.
+    """
+
+    def __init__(self, num_proxy: int, num_classes: int, proxy_per_round: int = 2000,
+                 consensus: ConsensusConfig | None = None,
+                 recipe: DistillationRecipe | None = None,
+                 weight_fn: WeightFn = sample_count_weights, fraction_train: float = 1.0,
+                 fraction_evaluate: float = 1.0, min_available_nodes: int = 2,
+                 evaluate_every: int = 1, seed: int = 0, phase: str = "main",
+                 always_include: np.ndarray | None = None,
+                 privacy: PrivateConsensus | None = None,
+                 privacy_budget: RoundBudget | None = None) -> None:
+        algorithm = consensus_algorithm(num_proxy, num_classes, proxy_per_round, consensus,
+                                        recipe, weight_fn, seed, always_include, privacy,
+                                        privacy_budget, population=min_available_nodes,
+                                        fraction=fraction_train)
+        super().__init__(algorithm, fraction_train=fraction_train,
+                         fraction_evaluate=fraction_evaluate,
+                         min_available_nodes=min_available_nodes,
+                         evaluate_every=evaluate_every, seed=seed, phase=phase)
+
+
+class FedConsensusCompat(CompatStrategy):
+    """:class:`FedConsensus` for Flower's compat API (``ServerApp(server_fn=...)``).
+
+    Same parameters, with the compat names ``fraction_fit`` and
+    ``min_available_clients``, plus ``num_rounds`` (as in ``ServerConfig``, so the last
+    round carries ``final-round`` and a budget can cap the rounds). Pair it with
+    :class:`clients.faces.numpy_client.FlhetNumPyClient`.
+    """
+
+    def __init__(self, num_proxy: int, num_classes: int, num_rounds: int | None = None,
+                 proxy_per_round: int = 2000, consensus: ConsensusConfig | None = None,
+                 recipe: DistillationRecipe | None = None,
+                 weight_fn: WeightFn = sample_count_weights, fraction_fit: float = 1.0,
+                 fraction_evaluate: float = 1.0, min_available_clients: int = 2,
+                 evaluate_every: int = 1, seed: int = 0, phase: str = "main",
+                 always_include: np.ndarray | None = None,
+                 privacy: PrivateConsensus | None = None,
+                 privacy_budget: RoundBudget | None = None) -> None:
+        algorithm = consensus_algorithm(num_proxy, num_classes, proxy_per_round, consensus,
+                                        recipe, weight_fn, seed, always_include, privacy,
+                                        privacy_budget, population=min_available_clients,
+                                        fraction=fraction_fit)
+        super().__init__(algorithm, num_rounds=num_rounds, fraction_fit=fraction_fit,
+                         fraction_evaluate=fraction_evaluate,
+                         min_available_clients=min_available_clients,
+                         evaluate_every=evaluate_every, seed=seed, phase=phase)
+
+
+def fedproto_algorithm(num_classes: int, feature_dim: int,
+                       recipe: PrototypeRecipe | None = None, weighting: str | None = None,
+                       feature_bound: float = 8.0, privacy: DpSettings | None = None,
+                       privacy_budget: RoundBudget | None = None, *, population: int = 2,
+                       fraction: float = 1.0) -> ServerAlgorithm:
+    """FedProto's server half, wrapped in differential privacy when ``privacy`` is set.
+
+    See :class:`FedProto` for the parameters. Under DP every held class weighs 1
+    (``weighting="class_presence"``): exact class counts would be private data.
+    """
+    if privacy is None:
+        if privacy_budget is not None:
+            raise ValueError("privacy_budget given without privacy (a DpSettings)")
+        return FedProtoServer(num_classes, feature_dim, recipe, weighting or "class_counts",
+                              feature_bound)
+    if weighting not in (None, "class_presence"):
+        raise ValueError("differential privacy weights every held class by 1 "
+                         f"(weighting='class_presence'), not {weighting!r}: class counts are "
+                         "private data")
+    core = FedProtoServer(num_classes, feature_dim, recipe, "class_presence", feature_bound)
+    return DifferentialPrivacy(core, privacy, privacy_budget, population_size=population,
+                               fraction=fraction)
+
+
+class FedProto(MessageStrategy):
+    """FedProto (Tan et al., AAAI'22, https://arxiv.org/abs/2105.00243), Message API.
+
+    Clients of any architecture share per-class mean features in one common feature
+    space (every model's projection adapter) and train with
+    ``CE + lambda * MSE(f(x), p_y)`` towards the global prototypes, the weighted means of
+    the clients'. Pair it with :func:`clients.faces.client_app.flhet_client_app` and
+    learners that embed (:class:`clients.learners.torch_learner.TorchLearner` on zoo
+    models built with ``feature_dim``).
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes.
+    feature_dim : int
+        Width of the common feature space.
+    recipe : PrototypeRecipe, optional
+        The client recipe (epochs, ``proto_weight`` lambda, inference by head or nearest
+        prototype).
+    weighting : str, optional
+        A client's weight on class ``c``: ``"class_counts"`` (the paper; default) or
+        ``"class_presence"`` (1 per held class, the authors' code; forced under DP).
+    feature_bound : float (default: 8.0)
+        Public bound on a prototype entry for a secure sum.
+    privacy : DpSettings, optional
+        Client-level DP of the released prototypes (central or distributed).
+    privacy_budget : RoundBudget, optional
+        Its accounting (default: the face's ``min_available_nodes`` clients, no limit).
+    **face
+        The parameters of :class:`~flhet_strategies.faces.message.MessageStrategy`
+        (``fraction_train``, ``min_available_nodes``, ``evaluate_every``, ``seed``,
+        ``phase``, ...).
+    """
+
+    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
+                 weighting: str | None = None, feature_bound: float = 8.0,
+                 privacy: DpSettings | None = None, privacy_budget: RoundBudget | None = None,
+                 **face) -> None:
+        super().__init__(fedproto_algorithm(
+            num_classes, feature_dim, recipe, weighting, feature_bound, privacy, privacy_budget,
+            population=face.get("min_available_nodes", 2),
+            fraction=face.get("fraction_train", 1.0)), **face)
+
+
+class FedProtoCompat(CompatStrategy):
+    """:class:`FedProto` for the compat API; ``**face`` are the parameters of
+    :class:`~flhet_strategies.faces.compat.CompatStrategy` (``num_rounds``, ``fraction_fit``,
+    ``min_available_clients``, ...)."""
+
+    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
+                 weighting: str | None = None, feature_bound: float = 8.0,
+                 privacy: DpSettings | None = None, privacy_budget: RoundBudget | None = None,
+                 **face) -> None:
+        super().__init__(fedproto_algorithm(
+            num_classes, feature_dim, recipe, weighting, feature_bound, privacy, privacy_budget,
+            population=face.get("min_available_clients", 2),
+            fraction=face.get("fraction_fit", 1.0)), **face)
+
+
+class FedTGP(MessageStrategy):
+    """FedTGP (Zhang et al., AAAI'24, https://arxiv.org/abs/2401.03230), Message API.
+
+    As :class:`FedProto` on the clients; the server trains global prototypes (a small
+    generator of class embeddings) on the uploaded ones with the adaptive-margin
+    contrastive loss and sends the generated prototypes of every class.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes.
+    feature_dim : int
+        Width of the common feature space.
+    recipe : PrototypeRecipe, optional
+        The client recipe.
+    **options
+        The generator's training (:class:`~flhet_strategies.algorithms.prototypes.FedTGPServer`:
+        ``margin_threshold``, ``server_epochs``, ``server_lr``, ``server_batch_size``,
+        ``hidden_dim``) and the parameters of
+        :class:`~flhet_strategies.faces.message.MessageStrategy`.
+    """
+
+    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
+                 **options) -> None:
+        server, face = _split_tgp_options(options)
+        super().__init__(FedTGPServer(num_classes, feature_dim, recipe,
+                                      seed=face.get("seed", 0), **server), **face)
+
+
+class FedTGPCompat(CompatStrategy):
+    """:class:`FedTGP` for the compat API (face options of
+    :class:`~flhet_strategies.faces.compat.CompatStrategy`)."""
+
+    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
+                 **options) -> None:
+        server, face = _split_tgp_options(options)
+        super().__init__(FedTGPServer(num_classes, feature_dim, recipe,
+                                      seed=face.get("seed", 0), **server), **face)
+
+
+_TGP_OPTIONS = ("margin_threshold", "server_epochs", "server_lr", "server_batch_size",
+                "hidden_dim")
+
+
+def _split_tgp_options(options: dict) -> tuple[dict, dict]:
+    if "privacy" in options:
+        raise ValueError("FedTGP trains on every client's prototypes: there is no sum to "
+                         "privatize or encrypt (use FedProto for DP and secure sums)")
+    server = {k: options.pop(k) for k in _TGP_OPTIONS if k in options}
+    return server, options
+
+
+def _secured(strategy, public_key: PaillierPublicKey, max_examples: int | None,
+             probability_bits: int | None, vote_bits: int, decryption: str) -> SecureSum:
+    return SecureSum(strategy.algorithm, public_key, max_examples=max_examples,
+                     bits=probability_bits, vote_bits=vote_bits, decryption=decryption)
+
+
+class SecureConsensus(MessageStrategy):
+    """A Message-API strategy whose clients' contributions reach the server only encrypted.
+
+    Wraps the server half of ``strategy`` (:class:`FedConsensus`, or any flhet
+    strategy whose aggregate is a weighted sum) in a Paillier
+    :class:`~flhet_strategies.privacy.paillier.secure_sum.SecureSum` and keeps its
+    sampling, phase and evaluation settings. Clients run :class:`clients.mods.PaillierMod`.
+
+    Parameters
+    ----------
+    strategy : MessageStrategy
+        The plaintext strategy to secure (e.g. ``FedConsensus(...)``).
+    public_key : phe.PaillierPublicKey
+        The key dealer's public key (at least 2048 bits); a private key is refused.
+    max_examples : int, optional
+        Public bound on any client's number of training examples (bounds the weights).
+    probability_bits : int, optional
+        Quantization bits of a value (default: the algorithm's, 8 for the consensus: a
+        probability within ``1 / (2 (2**bits - 1))``; 16 for prototypes).
+    vote_bits : int (default: 16)
+        Most bits of an integer weight.
+    decryption : str (default: "delegate")
+        ``"delegate"`` (one client per round decrypts and seals the sum for the cohort)
+        or ``"every_client"``.
+    """
+
+    def __init__(self, strategy: MessageStrategy, public_key: PaillierPublicKey, *,
+                 max_examples: int | None = None, probability_bits: int | None = None,
+                 vote_bits: int = 16, decryption: str = "delegate") -> None:
+        if not isinstance(strategy, MessageStrategy):
+            raise TypeError(f"SecureConsensus wraps a Message-API flhet strategy (e.g. "
+                            f"FedConsensus), got {type(strategy).__name__}; for the compat "
+                            "API use SecureConsensusCompat")
+        d = strategy.driver
+        super().__init__(_secured(strategy, public_key, max_examples, probability_bits,
+                                  vote_bits, decryption),
+                         fraction_train=d.fraction_train, fraction_evaluate=d.fraction_evaluate,
+                         min_available_nodes=d.min_available, evaluate_every=d.evaluate_every,
+                         seed=d.seed, phase=d.phase)
+
+
+class SecureConsensusCompat(CompatStrategy):
+    """:class:`SecureConsensus` for the compat API: wraps a compat flhet strategy.
+
+    Same parameters; clients are wrapped in :class:`clients.mods.SecureSumNumPyClient`.
+    """
+
+    def __init__(self, strategy: CompatStrategy, public_key: PaillierPublicKey, *,
+                 max_examples: int | None = None, probability_bits: int | None = None,
+                 vote_bits: int = 16, decryption: str = "delegate") -> None:
+        if not isinstance(strategy, CompatStrategy):
+            raise TypeError(f"SecureConsensusCompat wraps a compat flhet strategy (e.g. "
+                            f"FedConsensusCompat), got {type(strategy).__name__}; for the "
+                            "Message API use SecureConsensus")
+        d = strategy.driver
+        super().__init__(_secured(strategy, public_key, max_examples, probability_bits,
+                                  vote_bits, decryption),
+                         num_rounds=d.num_rounds, fraction_fit=d.fraction_train,
+                         fraction_evaluate=d.fraction_evaluate,
+                         min_available_clients=d.min_available,
+                         evaluate_every=d.evaluate_every, seed=d.seed, phase=d.phase)
+
+
+__all__ = ["FedConsensus", "FedConsensusCompat", "FedProto", "FedProtoCompat", "FedTGP",
+           "FedTGPCompat", "SecureConsensus", "SecureConsensusCompat", "consensus_algorithm",
+           "fedproto_algorithm"]

@@ -1,0 +1,453 @@
+"""Contribution-weighted FedAvg: wrappers around Flower's FedAvg (both APIs).
+
+A wrapper in the style of Flower's ``DifferentialPrivacyServerSideFixedClipping``:
+it values each round's clients by their Shapley values and hands the inner
+strategy the same replies with the aggregation weight replaced, so the inner
+strategy's own averaging does the rest::
+
+    strategy = ContributionWeightedFedAvg(FedAvg(fraction_evaluate=0.0), eval_fn)
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)
+    strategy.ledger.total  # client id -> cumulative Shapley value
+
+The valuation is
+:class:`~flhet_strategies.weighting.contribution.weight_average_round.WeightAverageContribution`
+(shared with the compat face, :mod:`flhet_strategies.weighting.contribution_fedavg`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any, Optional, Union
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    parameters_to_ndarrays,
+)
+from flwr.common.logger import log
+from flwr.server import strategy as compat
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import Strategy
+
+from ..faces.driver import client_id_of
+from .contribution.weight_average_round import (
+    ContributionViews,
+    EvalFn,
+    WeightAverageContribution,
+)
+
+__all__ = ["WEIGHT_UNITS", "ContributionWeightedFedAvg", "ContributionWeightedFedAvgCompat"]
+
+
+class ContributionWeightedFedAvg(ContributionViews, Strategy):
+    """Shapley-value aggregation weights around a weight-averaging Message-API strategy.
+
+    Each round, before the inner strategy aggregates, the wrapper takes every
+    successful reply's parameters (its one ``ArrayRecord``) and sample count
+    (the ``weighted_by_key`` entry of its one ``MetricRecord``), values the
+    clients with :class:`WeightAverageContribution` (``v(S)`` = ``eval_fn`` of
+    the sample-weighted average of coalition ``S``'s parameters; ``v(∅)`` = the
+    round's incoming global model's accuracy), and passes the inner strategy
+    copies of the replies whose ``weighted_by_key`` holds the contribution
+    weight instead (a float; the weights sum to one). The originals are left
+    untouched. A client with a non-positive discounted contribution gets weight
+    0 when ``mix=1``.
+
+    Works around any strategy that averages the replies' ArrayRecords weighted
+    by a MetricRecord key: :class:`flwr.serverapp.strategy.FedAvg` and its
+    subclasses (FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, ...). The
+    inner strategy's train metrics are then averaged with the contribution
+    weights too. Clients must share one architecture.
+
+    A client is identified by the ``"client-id"`` entry of its MetricRecord
+    when it sends one (e.g. its partition id), else by its node id.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The inner strategy, e.g. ``FedAvg(...)``.
+    eval_fn : EvalFn
+        ``eval_fn(parameters) -> accuracy in [0, 1]`` on the server's labeled
+        validation data; ``parameters`` is a list of float64 arrays in the order
+        of the ArrayRecord's keys (``ArrayRecord.to_numpy_ndarrays()``).
+    method : str (default: "auto")
+        Shapley estimator (exact while ``2**n_clients <= budget``).
+    budget : int (default: 1024)
+        ``eval_fn`` calls per round for the sampling estimators.
+    mix : float (default: 1.0)
+        Share of the contribution part of the weights; 0 gives sample counts.
+    decay : float (default: 0.5)
+        Discount of older rounds in a client's score (0: this round only).
+    use_for_weights : bool (default: True)
+        False: audit only (record contributions, keep the sample counts).
+    empty_value : float, optional
+        ``v(∅)``; default: accuracy of the round's incoming global model.
+    seed : int (default: 0)
+        Seed of the sampling estimators.
+    weighted_by_key : str, optional
+        The MetricRecord key the inner strategy weights by; default: the inner
+        strategy's ``weighted_by_key`` attribute.
+    estimator_options : dict, optional
+        Passed to the estimator's constructor.
+
+    Attributes
+    ----------
+    contribution : WeightAverageContribution
+        The valuation (its ``ledger`` and ``weight_history``).
+    """
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        strategy: Strategy,
+        eval_fn: EvalFn,
+        *,
+        method: str = "auto",
+        budget: int = 1024,
+        mix: float = 1.0,
+        decay: float = 0.5,
+        use_for_weights: bool = True,
+        empty_value: Optional[float] = None,
+        seed: int = 0,
+        weighted_by_key: Optional[str] = None,
+        estimator_options: Optional[dict[str, Any]] = None,
+    ) -> None:
+        if not isinstance(strategy, Strategy):
+            raise TypeError(
+                "strategy must be a flwr.serverapp.strategy.Strategy (e.g. FedAvg()); for "
+                "flwr.server.strategy strategies use ContributionWeightedFedAvgCompat."
+            )
+        key = weighted_by_key or getattr(strategy, "weighted_by_key", None)
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"{type(strategy).__name__} has no weighted_by_key attribute; pass the "
+                "MetricRecord key it weights its average by as weighted_by_key=."
+            )
+        self.strategy = strategy
+        self.weighted_by_key = key
+        self.contribution = WeightAverageContribution(
+            eval_fn,
+            method=method,
+            budget=budget,
+            mix=mix,
+            decay=decay,
+            use_for_weights=use_for_weights,
+            empty_value=empty_value,
+            seed=seed,
+            estimator_options=estimator_options,
+        )
+        self._round_start: tuple[int, list[np.ndarray]] | None = None
+
+    def __repr__(self) -> str:
+        """Name the wrapper and its inner strategy."""
+        return f"ContributionWeightedFedAvg({self.strategy!r})"
+
+    def summary(self) -> None:
+        """Log the contribution settings, then the inner strategy's summary."""
+        c = self.contribution
+        log(INFO, "\t├──> Contribution weighting (Shapley values):")
+        log(INFO, "\t│\t├── Estimator: %s (budget %d evaluations)", c.method, c.budget)
+        log(INFO, "\t│\t├── Mix: %s | decay: %s", c.mix, c.decay)
+        log(INFO, "\t│\t└── Used for weights: %s", c.use_for_weights)
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the round's global arrays (for ``v(∅)``), then delegate."""
+        self._round_start = (server_round, arrays.to_numpy_ndarrays())
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Value the clients, re-weight copies of their replies, let the inner strategy aggregate.
+
+        Parameters
+        ----------
+        server_round : int
+            The round.
+        replies : Iterable[Message]
+            The clients' train replies; replies carrying an error are passed
+            through unvalued.
+
+        Returns
+        -------
+        tuple[ArrayRecord | None, MetricRecord | None]
+            What the inner strategy's ``aggregate_train`` returns.
+
+        Raises
+        ------
+        InconsistentMessageReplies
+            If a reply lacks exactly one ArrayRecord and one MetricRecord with
+            ``weighted_by_key``, or its ArrayRecord's keys differ from the others'.
+        ValueError
+            From the valuation: different parameter shapes, NaN parameters, or an
+            ``eval_fn`` result outside ``[0, 1]``.
+        """
+        replies = list(replies)
+        valid = [reply for reply in replies if not reply.has_error()]
+        if not valid:
+            return self.strategy.aggregate_train(server_round, replies)
+        ids, parameters, counts = self._read_replies(valid)
+        start = self._round_start
+        global_parameters = start[1] if start is not None and start[0] == server_round else None
+        weights = self.contribution(server_round, ids, parameters, counts, global_parameters)
+        log(
+            INFO,
+            "aggregate_train: contribution weights %s",
+            {c: round(float(w), 4) for c, w in zip(ids, weights)},
+        )
+        reweighted = [self._with_weight(reply, float(w)) for reply, w in zip(valid, weights)]
+        failed = [reply for reply in replies if reply.has_error()]
+        return self.strategy.aggregate_train(server_round, reweighted + failed)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the inner strategy."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate to the inner strategy."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def _read_replies(
+        self, replies: list[Message]
+    ) -> tuple[list[str], list[list[np.ndarray]], list[float]]:
+        """Client ids, parameter arrays and sample counts of successful replies."""
+        ids: list[str] = []
+        parameters: list[list[np.ndarray]] = []
+        counts: list[float] = []
+        reference_keys: list[str] | None = None
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            content = reply.content
+            if len(content.array_records) != 1 or len(content.metric_records) != 1:
+                raise InconsistentMessageReplies(
+                    reason=f"The train reply of node {node} has {len(content.array_records)} "
+                    f"ArrayRecords and {len(content.metric_records)} MetricRecords; "
+                    "contribution weighting needs exactly one of each."
+                )
+            arrays = next(iter(content.array_records.values()))
+            metrics = next(iter(content.metric_records.values()))
+            weight = metrics.get(self.weighted_by_key)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise InconsistentMessageReplies(
+                    reason=f"The MetricRecord of node {node} holds {weight!r} under "
+                    f"{self.weighted_by_key!r}; it must hold the client's number of "
+                    "training examples."
+                )
+            keys = list(arrays.keys())
+            if reference_keys is None:
+                reference_keys = keys
+            elif keys != reference_keys:
+                raise InconsistentMessageReplies(
+                    reason=f"Node {node} sends arrays {keys} but node "
+                    f"{replies[0].metadata.src_node_id} sends {reference_keys}; "
+                    "contribution-weighted averaging needs clients of one architecture."
+                )
+            ids.append(client_id_of(metrics, node))
+            parameters.append(arrays.to_numpy_ndarrays())
+            counts.append(float(weight))
+        return ids, parameters, counts
+
+    def _with_weight(self, reply: Message, weight: float) -> Message:
+        """A copy of ``reply`` whose MetricRecord holds ``weight`` under ``weighted_by_key``."""
+        content = RecordDict(dict(reply.content.items()))
+        metrics_key = next(iter(reply.content.metric_records))
+        metrics = reply.content.metric_records[metrics_key].copy()
+        metrics[self.weighted_by_key] = weight
+        content[metrics_key] = metrics
+        return Message(content=content, metadata=copy.copy(reply.metadata))
+
+
+WEIGHT_UNITS = 1_000_000
+"""``FitRes.num_examples`` is an int: weights summing to one are sent as integers summing to
+about this many (a resolution of one millionth)."""
+
+
+class ContributionWeightedFedAvgCompat(ContributionViews, compat.Strategy):
+    """Shapley-value aggregation weights around a weight-averaging compat strategy.
+
+    Each round, before the inner strategy aggregates, the wrapper values the
+    clients of the successful fit results with :class:`WeightAverageContribution`
+    (``v(S)`` = ``eval_fn`` of the ``num_examples``-weighted average of
+    coalition ``S``'s parameters; ``v(∅)`` = the round's incoming global
+    model's accuracy), and passes the inner strategy copies of the results
+    whose ``num_examples`` holds the contribution weight instead, in units of
+    :data:`WEIGHT_UNITS` (so they stay integers). The originals are left
+    untouched. A client with a non-positive discounted contribution gets
+    ``num_examples=0`` when ``mix=1``.
+
+    Works around any strategy that averages by ``FitRes.num_examples``:
+    :class:`flwr.server.strategy.FedAvg` and its subclasses (FedProx, FedAvgM,
+    FedAdam, ...); the inner ``fit_metrics_aggregation_fn`` then sees the
+    contribution weights too. Clients must share one architecture.
+
+    A client is identified by the ``"client-id"`` entry of its fit metrics
+    when it sends one (e.g. its partition id), else by ``ClientProxy.cid``.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The inner strategy, e.g. ``FedAvg(...)``.
+    eval_fn : EvalFn
+        ``eval_fn(parameters) -> accuracy in [0, 1]`` on the server's labeled
+        validation data; ``parameters`` is a list of float64 arrays in the order
+        the clients send them (``parameters_to_ndarrays``).
+    method : str (default: "auto")
+        Shapley estimator (exact while ``2**n_clients <= budget``).
+    budget : int (default: 1024)
+        ``eval_fn`` calls per round for the sampling estimators.
+    mix : float (default: 1.0)
+        Share of the contribution part of the weights; 0 gives sample counts.
+    decay : float (default: 0.5)
+        Discount of older rounds in a client's score (0: this round only).
+    use_for_weights : bool (default: True)
+        False: audit only (record contributions, keep the sample counts).
+    empty_value : float, optional
+        ``v(∅)``; default: accuracy of the round's incoming global model.
+    seed : int (default: 0)
+        Seed of the sampling estimators.
+    estimator_options : dict, optional
+        Passed to the estimator's constructor.
+
+    Attributes
+    ----------
+    contribution : WeightAverageContribution
+        The valuation (its ``ledger`` and ``weight_history``).
+    """
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        strategy: compat.Strategy,
+        eval_fn: EvalFn,
+        *,
+        method: str = "auto",
+        budget: int = 1024,
+        mix: float = 1.0,
+        decay: float = 0.5,
+        use_for_weights: bool = True,
+        empty_value: Optional[float] = None,
+        seed: int = 0,
+        estimator_options: Optional[dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(strategy, compat.Strategy):
+            raise TypeError(
+                "strategy must be a flwr.server.strategy.Strategy (e.g. FedAvg()); for "
+                "flwr.serverapp.strategy strategies use ContributionWeightedFedAvg."
+            )
+        self.strategy = strategy
+        self.contribution = WeightAverageContribution(
+            eval_fn,
+            method=method,
+            budget=budget,
+            mix=mix,
+            decay=decay,
+            use_for_weights=use_for_weights,
+            empty_value=empty_value,
+            seed=seed,
+            estimator_options=estimator_options,
+        )
+        self._round_start: tuple[int, list[np.ndarray]] | None = None
+
+    def __repr__(self) -> str:
+        """Name the wrapper and its inner strategy."""
+        return f"ContributionWeightedFedAvgCompat({self.strategy!r})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """Delegate to the inner strategy."""
+        return self.strategy.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """Remember the round's global parameters (for ``v(∅)``), then delegate."""
+        self._round_start = (server_round, parameters_to_ndarrays(parameters))
+        return self.strategy.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Union[tuple[ClientProxy, FitRes], BaseException]],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Value the clients, re-weight copies of their results, let the inner strategy aggregate.
+
+        Parameters
+        ----------
+        server_round : int
+            The round.
+        results : list[tuple[ClientProxy, FitRes]]
+            Successful fit results.
+        failures : list
+            Failures, passed through.
+
+        Returns
+        -------
+        tuple[Parameters | None, dict[str, Scalar]]
+            What the inner strategy's ``aggregate_fit`` returns.
+
+        Raises
+        ------
+        ValueError
+            From the valuation: different parameter shapes, NaN parameters, a
+            non-positive ``num_examples``, or an ``eval_fn`` result outside ``[0, 1]``.
+        """
+        if not results:
+            return self.strategy.aggregate_fit(server_round, results, failures)
+        ids = [client_id_of(res.metrics, proxy.cid) for proxy, res in results]
+        parameters = [parameters_to_ndarrays(res.parameters) for _, res in results]
+        counts = [res.num_examples for _, res in results]
+        start = self._round_start
+        global_parameters = start[1] if start is not None and start[0] == server_round else None
+        weights = self.contribution(server_round, ids, parameters, counts, global_parameters)
+        log(
+            INFO,
+            "aggregate_fit: contribution weights %s",
+            {c: round(float(w), 4) for c, w in zip(ids, weights)},
+        )
+        units = np.rint(weights * WEIGHT_UNITS).astype(np.int64)
+        reweighted = [
+            (proxy, dataclasses.replace(res, num_examples=int(unit)))
+            for (proxy, res), unit in zip(results, units)
+        ]
+        return self.strategy.aggregate_fit(server_round, reweighted, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Delegate to the inner strategy."""
+        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[Union[tuple[ClientProxy, EvaluateRes], BaseException]],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """Delegate to the inner strategy."""
+        return self.strategy.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        """Delegate to the inner strategy (centralized evaluation)."""
+        return self.strategy.evaluate(server_round, parameters)
