@@ -61,18 +61,15 @@ def run_pair(cfg: ExperimentConfig, options: dict) -> dict:
     out = {}
     for name, adapt in (("unadapted", False), ("adaptive", True)):
         def factory(adapt=adapt):
-            strategy = build_strategy(cfg)
-            protocol = strategy.server.protocol
-            protocol.weight_fn = AdaptiveWeighting(protocol.weight_fn, use_for_weights=adapt,
-                                                   **options)
-            if adapt:
-                strategy.server.phase = ADAPTIVE_PHASE
+            strategy = build_strategy(cfg, phase=ADAPTIVE_PHASE if adapt else None)
+            core = strategy.core
+            core.weight_fn = AdaptiveWeighting(core.weight_fn, use_for_weights=adapt, **options)
             return strategy
 
         start = time.perf_counter()
         strategy = simulate_strategy(cfg, strategy_factory=factory)
         out[name] = {"history": strategy.history,
-                     "stability": strategy.server.protocol.weight_fn.history,
+                     "stability": strategy.core.weight_fn.history,
                      "seconds": time.perf_counter() - start}
     return out
 

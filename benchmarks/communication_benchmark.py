@@ -28,9 +28,10 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from clients.models.zoo import ARCHITECTURES, build_model, count_parameters
-from flhet_strategies.core.distillation import ConsensusDistillation, RoundPlan
-from flhet_strategies.aggregation.payload import ClientPayload
+from flhet_strategies import wire
+from flhet_strategies.algorithms.consensus import ConsensusDistillation, RoundPlan
 from flhet_strategies.faces.records import arrays_to_record, record_nbytes
+from flhet_strategies.protocol import Reply
 
 DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
     "Fashion-MNIST": ((1, 28, 28), 10),
@@ -98,21 +99,20 @@ class ByteRow:
         return self.weights_round_bytes / self.distillation.total
 
 
-def _first_round_payloads(
+def _first_round_replies(
     protocol: ConsensusDistillation, logit_dtype: type[np.floating], num_clients: int, seed: int
-) -> list[ClientPayload]:
+) -> list[Reply]:
     """Random but valid client replies to round 1 of ``protocol``."""
     rng = np.random.default_rng(seed)
     shape = (protocol.proxy_per_round, protocol.num_classes)
-    return [
-        ClientPayload(
-            client_id=str(cid),
-            logits=rng.normal(size=shape).astype(logit_dtype),
-            num_examples=int(rng.integers(100, 1000)),
-            class_counts=rng.integers(1, 100, size=protocol.num_classes).astype(np.int64),
-        )
-        for cid in range(num_clients)
-    ]
+    replies = []
+    for cid in range(num_clients):
+        logits = rng.normal(size=shape).astype(logit_dtype)
+        num_examples = int(rng.integers(100, 1000))
+        counts = rng.integers(1, 100, size=protocol.num_classes).astype(np.int64)
+        replies.append(Reply(str(cid), {wire.LOGITS: logits, wire.CLASS_COUNTS: counts},
+                             {wire.NUM_EXAMPLES: num_examples}))
+    return replies
 
 
 def distillation_round(
@@ -125,7 +125,7 @@ def distillation_round(
 ) -> tuple[RoundPlan, dict[str, np.ndarray]]:
     """Run the real protocol for one round and return the next plan and a client reply.
 
-    A :class:`ConsensusDistillation` aggregates ``num_clients`` random valid payloads for
+    A :class:`ConsensusDistillation` aggregates ``num_clients`` random valid replies for
     round 1, so the plan of round 2 carries a full consensus (the steady-state download).
 
     Parameters
@@ -139,9 +139,9 @@ def distillation_round(
     logit_dtype : numpy floating type (default: np.float32)
         Dtype the client sends its logits in.
     num_clients : int (default: 3)
-        Number of payloads aggregated in round 1.
+        Number of replies aggregated in round 1.
     seed : int (default: 0)
-        Seed of the random payloads and of the proxy sampler.
+        Seed of the random replies and of the proxy sampler.
 
     Returns
     -------
@@ -152,7 +152,7 @@ def distillation_round(
     Raises
     ------
     ValueError
-        If ``proxy_per_round > num_proxy``, or if the protocol rejects the payloads.
+        If ``proxy_per_round > num_proxy``, or if the protocol rejects the replies.
     """
     if proxy_per_round > num_proxy:
         raise ValueError(
@@ -160,11 +160,11 @@ def distillation_round(
             "raise num_proxy or lower proxy_per_round"
         )
     protocol = ConsensusDistillation(num_proxy, num_classes, proxy_per_round, seed=seed)
-    outcome = protocol.aggregate(1, _first_round_payloads(protocol, logit_dtype, num_clients, seed))
-    if outcome.consensus is None or outcome.rejected:
+    outcome = protocol.aggregate(1, _first_round_replies(protocol, logit_dtype, num_clients, seed))
+    if not outcome.released or outcome.rejected:
         raise ValueError(f"the protocol rejected the benchmark payloads: {outcome.rejected}")
-    reply = _first_round_payloads(protocol, logit_dtype, 1, seed + 1)[0]
-    return protocol.plan(2), {"logits": reply.logits, "class_counts": reply.class_counts}
+    reply = _first_round_replies(protocol, logit_dtype, 1, seed + 1)[0]
+    return protocol.plan(2), dict(reply.arrays)
 
 
 def measure_distillation_bytes(

@@ -5,17 +5,25 @@ Shared by the secure-consensus and secure-FedAvg tests of both Flower API faces.
 
 from __future__ import annotations
 
+import types
+
 import phe
 
 from flhet_strategies.privacy.paillier.keys import KeyHolder
 
 
 def reachable(root: object) -> list:
-    """Every object reachable from ``root`` through attributes and containers."""
+    """Every object reachable from ``root`` through attributes and containers.
+
+    Modules are not followed: they are the process's global state, not what the object
+    holds (Flower's ``RdpAccountant`` keeps a module reference, through which
+    ``sys.modules`` and so every object of the test process would be "reachable").
+    """
     found, stack, seen = [], [root], set()
     while stack:
         obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None),
+                                               types.ModuleType)):
             continue
         seen.add(id(obj))
         found.append(obj)

@@ -19,15 +19,16 @@ def _cfg(**changes):
 def test_adaptive_wraps_the_configured_weights_and_keeps_the_ledger_reachable():
     cfg = _cfg(**{"contribution.enabled": True})
     strategy = build_strategy(cfg)
-    weight_fn = strategy.server.protocol.weight_fn
+    weight_fn = strategy.core.weight_fn
     assert isinstance(weight_fn, AdaptiveWeighting)
     assert isinstance(weight_fn.inner, ContributionWeighting)
     assert contribution_ledger(strategy) is weight_fn.inner.ledger
     names = [p.name for p in experiment_phases(cfg)]
     assert names == ["main", "local_only", "sample_count_weighting", "unadapted"]
     unadapted = [p for p in experiment_phases(cfg) if p.name == "unadapted"][0].build()
-    assert isinstance(unadapted.server.protocol.weight_fn, ContributionWeighting)
-    assert unadapted.server.phase == "unadapted"
+    assert isinstance(unadapted.core.weight_fn, ContributionWeighting)
+    assert unadapted.phase == "unadapted"
+    assert unadapted.driver.train(1, ["0"], {})["0"].config["flhet-phase"] == "unadapted"
 
 
 def test_adaptive_is_refused_with_private_aggregation():

@@ -14,8 +14,10 @@ from pathlib import Path
 from flhet_strategies.weighting.adaptive import AdaptiveWeighting, prediction_instability
 from simulations import convergence
 from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
-from flhet_strategies.core.distillation import ConsensusDistillation
+from flhet_strategies import wire
 from flhet_strategies.aggregation.payload import ClientPayload
+from flhet_strategies.algorithms.consensus import ConsensusDistillation
+from flhet_strategies.protocol import Reply
 from flhet_strategies.weighting.base import sample_count_weights, uniform_weights
 
 NUM_PROXY, NUM_CLASSES = 400, 5
@@ -249,10 +251,15 @@ def test_inside_the_consensus_protocol_the_free_rider_loses_its_say():
         payloads = [_payload(c, signal[idx] + 0.3 * rng.standard_normal((idx.size, NUM_CLASSES)))
                     for c in range(3)]
         payloads.append(_payload(3, 3.0 * rng.standard_normal((idx.size, NUM_CLASSES))))
-        outcome = protocol.aggregate(server_round, payloads)
+        replies = [Reply(p.client_id, {wire.LOGITS: p.logits}, {wire.NUM_EXAMPLES: p.num_examples})
+                   for p in payloads]
+        outcome = protocol.aggregate(server_round, replies)
+    assert outcome.released and outcome.accepted == ["0", "1", "2", "3"]
     assert outcome.weights["3"] < 0.02
     assert min(outcome.weights[c] for c in "012") > 0.3
-    agreement = (outcome.consensus.argmax(1) == signal[idx].argmax(1)).mean()
+    consensus_indices, consensus = protocol.consensus
+    np.testing.assert_array_equal(consensus_indices, idx)
+    agreement = (consensus.argmax(1) == signal[idx].argmax(1)).mean()
     assert agreement >= 0.9
 
 

@@ -148,12 +148,12 @@ def test_builders_wire_roles_and_contribution_weighting():
                                         ({"sample_count_weighting": True}, False,
                                          "sample_count_weighting")):
         strategy = build_strategy(cfg, **kwargs)
-        protocol = strategy.server.protocol
+        protocol = strategy.core
         assert isinstance(protocol.weight_fn, ContributionWeighting)
         assert protocol.weight_fn.use_for_weights is uses_weights
-        assert strategy.server.phase == phase
+        assert strategy.phase == phase
         assert set(split.proxy_validation_indices) <= set(protocol.proxy_indices(1))
-    local = build_strategy(cfg, local_only=True).server.protocol
+    local = build_strategy(cfg, local_only=True).core
     assert not isinstance(local.weight_fn, ContributionWeighting) and not local.always_include.size
-    compat = build_strategy(from_dict(_raw(api="compat"))).server.protocol
+    compat = build_strategy(from_dict(_raw(api="compat"))).core
     assert isinstance(compat.weight_fn, ContributionWeighting) and compat.always_include.size == 100

@@ -17,8 +17,10 @@ from flhet_strategies.weighting.contribution import (
     mix_weights,
 )
 from synthetic_games import make_synthetic_logit_game
-from flhet_strategies.core.distillation import ConsensusDistillation
+from flhet_strategies import wire
 from flhet_strategies.aggregation.payload import ClientPayload
+from flhet_strategies.algorithms.consensus import ConsensusDistillation
+from flhet_strategies.protocol import Reply
 
 NUM_PROXY, PER_ROUND = 2000, 500
 
@@ -173,7 +175,10 @@ def test_plugs_into_the_distillation_protocol_with_always_include():
     rows = np.array([position[int(v)] for v in validation])
     for p in payloads[:-1]:  # honest predictions on the validation rows of this round
         p.logits[rows] = np.log(game.probabilities[int(p.client_id)])
-    outcome = protocol.aggregate(1, payloads)
+    replies = [Reply(p.client_id, {wire.LOGITS: p.logits, wire.CLASS_COUNTS: p.class_counts},
+                     {wire.NUM_EXAMPLES: p.num_examples}) for p in payloads]
+    outcome = protocol.aggregate(1, replies)
+    assert outcome.released and outcome.accepted == [str(i) for i in range(7)]
     assert outcome.weights["6"] == 0.0 and len(weighting.ledger.rounds) == 1
     assert sum(outcome.weights.values()) == pytest.approx(1.0)
 

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from flhet_strategies import wire
 from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
-from flhet_strategies.core.distillation import ConsensusDistillation, RoundPlan
 from flhet_strategies.aggregation.payload import ClientPayload, PayloadError, validate_payload
+from flhet_strategies.algorithms.consensus import ConsensusDistillation, RoundPlan
 from flhet_strategies.algorithms.recipes import DistillationRecipe
+from flhet_strategies.protocol import Instruction, Reply
 
 C = 4
 
@@ -16,6 +18,19 @@ def _payload(cid, n, rng, **changes):
                   num_examples=100, class_counts=np.array([10, 20, 0, 5]))
     fields.update(changes)
     return ClientPayload(**fields)
+
+
+def _reply(cid, n, rng, **changes):
+    """The wire reply carrying ``_payload``'s fields."""
+    p = _payload(cid, n, rng, **changes)
+    arrays = {wire.LOGITS: p.logits}
+    if p.class_counts is not None:
+        arrays[wire.CLASS_COUNTS] = p.class_counts
+    return Reply(p.client_id, arrays, {wire.NUM_EXAMPLES: p.num_examples})
+
+
+def _consensus(protocol):
+    return protocol.consensus[1]
 
 
 def test_proxy_indices_are_seeded_per_round_distinct_and_in_range():
@@ -38,12 +53,23 @@ def test_first_plan_has_no_consensus_then_carries_previous_round():
     p = ConsensusDistillation(num_proxy=200, num_classes=C, proxy_per_round=50)
     first = p.plan(1)
     assert first.consensus.shape == (0, C) and len(first.consensus_indices) == 0
-    out = p.aggregate(1, [_payload(i, 50, rng) for i in range(3)])
-    assert out.accepted == ["0", "1", "2"] and not out.rejected
+    out = p.aggregate(1, [_reply(i, 50, rng) for i in range(3)])
+    assert out.accepted == ["0", "1", "2"] and not out.rejected and out.released
     second = p.plan(2)
     np.testing.assert_array_equal(second.consensus_indices, first.proxy_indices)
-    np.testing.assert_allclose(second.consensus, out.consensus)
+    np.testing.assert_allclose(second.consensus, p.result_arrays()[wire.CONSENSUS])
+    assert second.consensus.shape == (50, C)
     np.testing.assert_allclose(second.consensus.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_instructions_carry_the_plan_and_recipe_to_every_node():
+    recipe = DistillationRecipe(local_epochs=3, kd_weight=0.2)
+    p = ConsensusDistillation(num_proxy=200, num_classes=C, proxy_per_round=20, recipe=recipe)
+    out = p.instructions(1, ["5", "9"])
+    assert set(out) == {"5", "9"} and all(isinstance(i, Instruction) for i in out.values())
+    plan = RoundPlan.from_arrays(1, out["5"].arrays)
+    np.testing.assert_array_equal(plan.proxy_indices, p.proxy_indices(1))
+    assert DistillationRecipe.from_config(out["9"].config) == recipe
 
 
 def test_plan_round_trips_through_named_arrays():
@@ -90,40 +116,45 @@ def test_validate_payload_accepts_float16_and_casts_to_float32():
 def test_bad_replies_are_rejected_and_the_round_goes_on_with_the_rest():
     rng = np.random.default_rng(1)
     p = ConsensusDistillation(num_proxy=300, num_classes=C, proxy_per_round=60)
-    good = [_payload(i, 60, rng) for i in range(3)]
-    nan = _payload("nan", 60, rng, logits=np.full((60, C), np.nan, np.float32))
-    short = _payload("short", 59, rng)
+    good = [_reply(i, 60, rng) for i in range(3)]
+    nan = _reply("nan", 60, rng, logits=np.full((60, C), np.nan, np.float32))
+    short = _reply("short", 59, rng)
     out = p.aggregate(1, good + [nan, short])
     assert out.accepted == ["0", "1", "2"]
     assert set(out.rejected) == {"nan", "short"} and "NaN" in out.rejected["nan"]
     # The consensus is exactly the consensus of the good clients alone.
     clean = ConsensusDistillation(num_proxy=300, num_classes=C, proxy_per_round=60)
-    np.testing.assert_allclose(out.consensus, clean.aggregate(1, good).consensus)
+    clean.aggregate(1, good)
+    assert _consensus(p).shape == (60, C)
+    np.testing.assert_allclose(_consensus(p), _consensus(clean))
     assert sum(out.weights.values()) == pytest.approx(1.0)
 
 
 def test_round_with_only_bad_replies_keeps_previous_consensus():
     rng = np.random.default_rng(2)
     p = ConsensusDistillation(num_proxy=300, num_classes=C, proxy_per_round=60)
-    p.aggregate(1, [_payload(0, 60, rng)])
+    p.aggregate(1, [_reply(0, 60, rng)])
     before = p.consensus
-    out = p.aggregate(2, [_payload(1, 3, rng)])
-    assert out.consensus is None and "1" in out.rejected
+    assert before[1].shape == (60, C)
+    out = p.aggregate(2, [_reply(1, 3, rng)])
+    assert not out.released and not out.accepted and "1" in out.rejected
+    np.testing.assert_array_equal(p.consensus[0], before[0])
     np.testing.assert_array_equal(p.consensus[1], before[1])
 
 
 def test_weight_fn_is_pluggable_and_validated():
     rng = np.random.default_rng(3)
-    payloads = [_payload(i, 20, rng) for i in range(2)]
+    replies = [_reply(i, 20, rng) for i in range(2)]
     only_first = ConsensusDistillation(
         100, C, 20, ConsensusConfig(class_vote_weighting=False, era_temperature=None),
         weight_fn=lambda ps, r, idx: np.array([1.0, 0.0]))
-    out = only_first.aggregate(1, payloads)
-    expected = np.exp(payloads[0].logits) / np.exp(payloads[0].logits).sum(1, keepdims=True)
-    np.testing.assert_allclose(out.consensus, expected, atol=1e-6)
+    only_first.aggregate(1, replies)
+    first = replies[0].arrays[wire.LOGITS]
+    expected = np.exp(first) / np.exp(first).sum(1, keepdims=True)
+    np.testing.assert_allclose(_consensus(only_first), expected, atol=1e-6)
     broken = ConsensusDistillation(100, C, 20, weight_fn=lambda ps, r, idx: np.array([-1.0, 2.0]))
     with pytest.raises(ValueError, match="non-negative"):
-        broken.aggregate(1, payloads)
+        broken.aggregate(1, replies)
 
 
 def test_recipe_round_trips_through_flower_config():
@@ -149,7 +180,7 @@ def test_always_include_indices_are_in_every_round_and_passed_to_weight_fn():
         idx = p.proxy_indices(r)
         assert len(idx) == 20 and len(np.unique(idx)) == 20 and set(fixed) <= set(idx)
     rng = np.random.default_rng(5)
-    p.aggregate(2, [_payload(0, 20, rng)])
+    p.aggregate(2, [_reply(0, 20, rng)])
     np.testing.assert_array_equal(seen[0], p.proxy_indices(2))
     with pytest.raises(ValueError, match="more than proxy_per_round"):
         ConsensusDistillation(200, C, 2, always_include=fixed)

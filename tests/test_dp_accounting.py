@@ -10,7 +10,7 @@ from dp_accounting.privacy_accountant import NeighboringRelation as DpRelation
 from dp_accounting.rdp import RdpAccountant as DpRdpAccountant
 from flwr.serverapp import GaussianPrivacyEvent, RdpAccountant
 
-from flhet_strategies.privacy import PrivacyLedger, noise_multiplier_for_epsilon
+from flhet_strategies.privacy.dp.accounting import PrivacyLedger, noise_multiplier_for_epsilon
 
 DELTA = 1e-5
 

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from flhet_strategies.privacy.dp.fedavg import DpFedAvg
 from flhet_strategies.privacy.dp.fedavg import DpFedAvgCompat
-from flhet_strategies.privacy import PrivacyLedger
+from flhet_strategies.privacy.dp.accounting import PrivacyLedger
 from flhet_strategies.privacy.dp.budget import (
     RoundBudget,
     mean_noise_multiplier,

@@ -1,4 +1,4 @@
-"""Clipping, sensitivity and Gaussian noise of flhet_strategies.core.dp (no Flower)."""
+"""Clipping, sensitivity and Gaussian noise of flhet_strategies.privacy.dp (no Flower)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flhet_strategies.core.dp import (
-    ADD_OR_REMOVE_ONE,
-    REPLACE_ONE,
-    accounting_noise_multiplier,
-    add_central_noise,
-    add_noise_share,
+from flhet_strategies.privacy.dp.clipping import (
     clip_by_l2_norm,
     clip_payload,
     clip_rows_by_l2_norm,
-    noise_share_std,
-    noisy_rows_to_probabilities,
     payload_norm_bound,
-    prediction_payload_sensitivity,
+)
+from flhet_strategies.privacy.dp.gaussian import (
+    add_central_noise,
+    add_noise_share,
+    noise_share_std,
     realized_noise_multiplier,
+)
+from flhet_strategies.privacy.dp.postprocess import noisy_rows_to_probabilities
+from flhet_strategies.privacy.dp.sensitivity import (
+    ADD_OR_REMOVE_ONE,
+    REPLACE_ONE,
+    accounting_noise_multiplier,
+    prediction_payload_sensitivity,
     sensitivity_factor,
     sum_sensitivity,
 )

@@ -25,17 +25,12 @@ from flwr.app import (
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.dp_update_numpy_client import DpUpdateNumPyClient
-from clients.mods.dp_update_noise import DpUpdateNoiseMod
+from clients.fedavg.dp import DpUpdateNoiseMod, DpUpdateNumPyClient
+from clients.mods import DpUpdateNoiseMod as ExportedDpUpdateNoiseMod
+from flhet_strategies import wire
 from flhet_strategies.privacy.dp.gaussian import realized_noise_multiplier
-from flhet_strategies.privacy.dp.settings import (
-    CLIP_NORM_KEY,
-    NOISE_MULTIPLIER_KEY,
-    NUM_CLIENTS_KEY,
-)
-from flhet_strategies.core.dp.update_noise import (
-    UPDATE_NOISE_KEYS,
-    UpdateNoiseSettings,
+from flhet_strategies.privacy.dp.noise_share import (
+    NoiseShareSettings,
     model_update,
     privatize_update,
 )
@@ -47,6 +42,11 @@ from flhet_strategies.privacy.dp.budget import (
 )
 
 DELTA = 1e-5
+NOISE_MULTIPLIER_KEY = wire.DP_NOISE_MULTIPLIER
+CLIP_NORM_KEY = wire.DP_CLIP_NORM
+NUM_CLIENTS_KEY = wire.DP_NUM_CLIENTS
+UPDATE_NOISE_KEYS = (NOISE_MULTIPLIER_KEY, CLIP_NORM_KEY, NUM_CLIENTS_KEY, wire.DP_CLIP_MODE)
+"""What the server sends for update noise: z, S, m and the (flat) clip mode."""
 
 # --------------------------------------------------------------------------- core step
 
@@ -54,12 +54,12 @@ DELTA = 1e-5
 def test_noise_share_has_std_z_s_over_sqrt_m_and_m_shares_sum_to_z_s():
     z, s, m = 2.0, 3.0, 9
     zeros = [np.zeros((400, 500))]
-    noise = privatize_update(zeros, zeros, UpdateNoiseSettings(z, s, m),
+    noise = privatize_update(zeros, zeros, NoiseShareSettings(z, s, m),
                              np.random.default_rng(1))[0]
     assert noise.std() == pytest.approx(z * s / math.sqrt(m), rel=0.01)  # 2.0
     assert abs(noise.mean()) < 0.01
     # Four clients with independent generators: their shares add up to z S on the sum.
-    settings = UpdateNoiseSettings(z, s, 4)
+    settings = NoiseShareSettings(z, s, 4)
     total = sum(privatize_update([np.zeros(50_000)], [np.zeros(50_000)], settings,
                                  np.random.default_rng(10 + i))[0] for i in range(4))
     assert total.std() == pytest.approx(z * s, rel=0.02)
@@ -68,7 +68,7 @@ def test_noise_share_has_std_z_s_over_sqrt_m_and_m_shares_sum_to_z_s():
 def test_update_is_clipped_over_all_arrays_together_and_added_to_the_received_model():
     received = [np.array([1.0, 1.0], np.float32), np.array([[2.0]], np.float32)]
     returned = [np.array([4.0, 1.0], np.float32), np.array([[6.0]], np.float32)]  # update 3,0,4
-    tiny = UpdateNoiseSettings(1e-12, 1.0, 1)
+    tiny = NoiseShareSettings(1e-12, 1.0, 1)
     out = privatize_update(received, returned, tiny, np.random.default_rng(0))
     np.testing.assert_allclose(out[0], [1.6, 1.0], atol=1e-6)  # 1 + 3/5
     np.testing.assert_allclose(out[1], [[2.8]], atol=1e-6)     # 2 + 4/5
@@ -84,7 +84,7 @@ def test_update_is_clipped_over_all_arrays_together_and_added_to_the_received_mo
 def test_same_generator_seed_gives_the_same_reply_and_os_randomness_differs():
     received = [np.zeros((3, 4), np.float32), np.zeros(4, np.float32)]
     returned = [np.ones((3, 4), np.float32), -np.ones(4, np.float32)]
-    settings = UpdateNoiseSettings(1.0, 1.0, 2)
+    settings = NoiseShareSettings(1.0, 1.0, 2)
     first, again, other = (privatize_update(received, returned, settings,
                                             np.random.default_rng(seed)) for seed in (5, 5, 6))
     for a, b, c in zip(first, again, other):
@@ -96,7 +96,7 @@ def test_same_generator_seed_gives_the_same_reply_and_os_randomness_differs():
 
 def test_bad_updates_and_settings_are_refused():
     ok = [np.zeros(3)]
-    settings = UpdateNoiseSettings(1.0, 1.0, 2)
+    settings = NoiseShareSettings(1.0, 1.0, 2)
     with pytest.raises(ValueError, match="shape"):
         privatize_update(ok, [np.zeros(4)], settings)
     with pytest.raises(ValueError, match="returned 2 arrays"):
@@ -109,18 +109,21 @@ def test_bad_updates_and_settings_are_refused():
                       ((1.0, 1.0, 0), NUM_CLIENTS_KEY), ((1.0, 1.0, 2.5), NUM_CLIENTS_KEY),
                       ((float("inf"), 1.0, 2), NOISE_MULTIPLIER_KEY)):
         with pytest.raises(ValueError, match=key):
-            UpdateNoiseSettings(*args)
+            NoiseShareSettings(*args)
 
 
 def test_settings_come_from_the_config_first_then_the_defaults():
     config = {NOISE_MULTIPLIER_KEY: 0.7, NUM_CLIENTS_KEY: 5}
-    settings = UpdateNoiseSettings.from_config(config, 9.0, 2.0, 1)
-    assert settings == UpdateNoiseSettings(0.7, 2.0, 5)
-    assert UpdateNoiseSettings.from_config(settings.to_config()) == settings
+    settings = NoiseShareSettings.from_config(config, 9.0, 2.0, 1)
+    assert settings == NoiseShareSettings(0.7, 2.0, 5)
+    assert NoiseShareSettings.from_config(settings.to_config()) == settings
     assert set(settings.to_config()) == set(UPDATE_NOISE_KEYS)
-    assert settings.share_std == pytest.approx(0.7 * 2.0 / math.sqrt(5))
+    # Flat clipping: the share's std does not depend on the update's size.
+    assert settings.clip_mode == "flat"
+    assert settings.share_std(1) == settings.share_std(1000) == pytest.approx(
+        0.7 * 2.0 / math.sqrt(5))
     with pytest.raises(ValueError, match=CLIP_NORM_KEY):
-        UpdateNoiseSettings.from_config(config)
+        NoiseShareSettings.from_config(config)
 
 
 # --------------------------------------------------------------------------- z_eff
@@ -189,7 +192,8 @@ def _context() -> Context:
 
 
 def test_mod_and_numpy_client_send_exactly_the_core_step(task_identity):
-    settings = UpdateNoiseSettings(1.0, 0.5, 3)
+    assert ExportedDpUpdateNoiseMod is DpUpdateNoiseMod
+    settings = NoiseShareSettings(1.0, 0.5, 3)
     expected = privatize_update(RECEIVED, TRAINED, settings, np.random.default_rng(42))
     calls: list = []
     reply = DpUpdateNoiseMod(rng=np.random.default_rng(42))(
@@ -270,7 +274,7 @@ def test_compat_server_announces_the_cohort_adds_no_noise_and_accounts_z_eff():
     assert len(instructions) == 2
     for _, ins in instructions:
         assert ins.config == {"lr": 0.1, NOISE_MULTIPLIER_KEY: 1.0, CLIP_NORM_KEY: 0.5,
-                              NUM_CLIENTS_KEY: 2}
+                              NUM_CLIENTS_KEY: 2, wire.DP_CLIP_MODE: "flat"}
     updates = [np.array([0.3, 0.4, 0.0], np.float32), np.array([0.0, 0.0, 0.1], np.float32)]
     results = [(proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([u]), n, {}))
                for proxy, u, n in zip(proxies, updates, [10, 30])]

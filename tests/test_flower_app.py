@@ -39,7 +39,7 @@ from simulations.flower_app import (
     resolve_out_dir,
 )
 from simulations.flower_app.client_app import client_from_context
-from flhet_strategies.consensus_server import PHASE_KEY
+from flhet_strategies import wire
 from simulations.flower_app.server_app import (
     LOCAL_ONLY_PHASE,
     run_experiment_on_grid,
@@ -189,13 +189,14 @@ def test_local_only_phase_is_a_separate_run_without_distillation():
     cfg = app_settings(_run_config(config=TINY, **{"num-rounds": 3})).experiment
     phases = experiment_phases(cfg)
     assert [p.name for p in phases] == ["main", LOCAL_ONLY_PHASE]
-    main = phases[0].build().server.train_instructions(1, {})[1]
+    main = phases[0].build().driver.train(1, ["0"], {})["0"].config
     base = phases[1].build()
-    config = base.server.train_instructions(1, {})[1]
-    assert (main[PHASE_KEY], main["kd-weight"]) == ("main", 0.5)
-    assert (config[PHASE_KEY], config["kd-weight"]) == (LOCAL_ONLY_PHASE, 0.0)
+    assert base.driver.plan(cfg.num_rounds) == 3
+    config = base.driver.train(1, ["0"], {})["0"].config
+    assert (main[wire.PHASE], main["kd-weight"]) == ("main", 0.5)
+    assert (config[wire.PHASE], config["kd-weight"]) == (LOCAL_ONLY_PHASE, 0.0)
     assert config["local-epochs"] == main["local-epochs"]
-    assert [r for r in (1, 2, 3) if base.server.should_evaluate(r)] == [3]
+    assert [r for r in (1, 2, 3) if base.driver.should_evaluate(r)] == [3]
 
 
 def test_every_baseline_the_config_asks_for_is_a_phase_of_its_own():
@@ -206,7 +207,7 @@ def test_every_baseline_the_config_asks_for_is_a_phase_of_its_own():
     assert phases["main"].build().budget is not None
     no_dp = phases["no_dp"].build()
     assert no_dp.budget is None
-    assert no_dp.server.train_instructions(1, {})[1][PHASE_KEY] == "no_dp"
+    assert no_dp.driver.train(1, ["0"], {})["0"].config[wire.PHASE] == "no_dp"
 
 
 class _Nodes:

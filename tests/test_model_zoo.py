@@ -282,3 +282,13 @@ def test_full_class_proba_fills_unseen_classes(digits: tuple[np.ndarray, np.ndar
         full_class_proba(model, features[:20], num_classes=5)
     with pytest.raises(ValueError, match="not fitted"):
         full_class_proba(build_sklearn_model("logreg"), features[:20], num_classes=10)
+
+
+def test_mobilenet_batch_norm_statistics_follow_a_few_dozen_steps() -> None:
+    """A client trains a few dozen steps a round: with torchvision's BN momentum 0.01 the
+    eval-mode model would predict one class long after it trains well."""
+    from torch import nn
+
+    model = build_model("mobilenet_v3_small", (1, 28, 28), 10, seed=0)
+    momenta = {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert momenta == {0.1}

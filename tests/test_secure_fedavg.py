@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from clients.mods.paillier_fedavg import PaillierFedAvgMod, decrypt_model_record
+from clients.fedavg.paillier import PaillierFedAvgMod, decrypt_model_record
 from flhet_strategies.privacy.paillier import (
     InsecureKeyError,
     KeyHolder,
@@ -481,7 +481,7 @@ def test_compat_api_secure_fedavg_matches_plain_fedavg_in_simulation(keys) -> No
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from clients.paillier_numpy_client import PaillierNumPyClient
+    from clients.fedavg.paillier import PaillierNumPyClient
 
     files, holder, public_key = keys
 

@@ -16,7 +16,6 @@ from flhet_strategies.weighting.contribution import (
     StratifiedSVARM,
     estimate_shapley,
     make_estimator,
-    should_skip_round,
 )
 from flhet_strategies.weighting.contribution.stratified import (
     neyman_size_distribution,
@@ -176,13 +175,6 @@ def test_gtg_convergence_rule_stops_early():
     utility = CoalitionUtility(lambda m: (m.sum(1) >= 3).astype(float), 8)
     result = GTGShapley(budget=10_000, convergence_tol=0.05).estimate(utility, rng=0)
     assert result.n_samples < 10_000 and result.n_samples % 8 == 0
-
-
-def test_between_round_truncation_hook():
-    assert should_skip_round(0.801, 0.800, tolerance=0.005)
-    assert not should_skip_round(0.85, 0.80, tolerance=0.005)
-    with pytest.raises(ValueError, match="tolerance"):
-        should_skip_round(0.8, 0.8, tolerance=-1)
 
 
 def test_make_estimator_auto_and_names(logit_game, exact_values):

@@ -10,9 +10,9 @@ import torch
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from clients.client_app import distillation_client_app
-from clients.state import client_id_from_context
-from flhet_strategies.message_api import FedConsensus
+from clients.faces.client_app import flhet_client_app
+from clients.faces.state import client_id_from_context
+from flhet_strategies.strategies import FedConsensus
 from simulations.config import from_dict
 from simulations.experiment import backend_config, build_client, build_split
 from simulations.runner import simulate
@@ -81,12 +81,12 @@ def test_diverged_client_is_rejected_and_the_round_goes_on():
     def main(grid, context):
         strategy.start(grid=grid, num_rounds=2)
 
-    run_simulation(server_app=server_app, client_app=distillation_client_app(factory),
+    run_simulation(server_app=server_app, client_app=flhet_client_app(factory),
                    num_supernodes=4, backend_config=backend_config(cfg))
     history = strategy.history
     assert [h["round"] for h in history] == [1, 2]
     for h in history:
         assert h["accepted"] == ["1", "2", "3"]
         assert "NaN" in h["rejected"]["0"] and h["num_failures"] == 1
-    consensus = strategy.server.protocol.consensus[1]
+    consensus = strategy.core.consensus[1]
     assert consensus.shape == (120, 10) and np.all(np.isfinite(consensus))

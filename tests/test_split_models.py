@@ -88,6 +88,9 @@ def _reference(name: str, shape: tuple[int, int, int], k: int) -> nn.Module:
     if name == "mobilenet_v3_small":
         model = models.mobilenet_v3_small(weights=None, num_classes=k)
         model.features[0][0] = _fan_out(nn.Conv2d(c, 16, 3, stride=1, padding=1, bias=False))
+        for module in model.modules():   # the zoo's batch norms use momentum 0.1
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.1
         return model
     if name == "shufflenet_v2":
         model = models.shufflenet_v2_x0_5(weights=None, num_classes=k)

@@ -146,7 +146,7 @@ class DpUpdateNoiseMod:
         reply.content[key] = ArrayRecord({name: Array(np.asarray(array))
                                           for name, array in zip(names, noisy)})
         log(INFO, "DpUpdateNoiseMod: update clipped to L2 %.4g, noise share std %.4g "
-            "(z=%s, %d clients)", settings.clipping_norm, settings.share_std,
+            "(z=%s, %d clients)", settings.clip_norm, settings.share_std(1),
             settings.noise_multiplier, settings.num_clients)
         return reply
 

@@ -184,9 +184,7 @@ class PaillierStep(PaillierSettings, ClientStep):
             return reply
         values, weights = self._contribution(spec, reply)
         share = self.sum_client(env).encrypt(spec, values, weights)
-        metrics = dict(reply.metrics)
-        if spec.noise is not None:
-            metrics[wire.CLIPPED_METRIC] = float(share.num_clipped)
+        metrics = {**reply.metrics, wire.CLIPPED_METRIC: float(share.num_clipped)}
         if "failure" in memo:
             metrics[wire.DECRYPT_FAILED_METRIC] = 1.0
         log(INFO, "PaillierStep: encrypted %s values into %s ciphertexts in %.2f s",

@@ -321,8 +321,9 @@ class ConsensusSumRule:
 
         Per class, the vote-weighted mean of the probabilities (0 for a class no summed
         client holds); rows normalised; ERA. A noisy sum (``noise_std``, the noise std of
-        one entry of the mean) keeps only rows confident beyond the noise
-        (``min_margin``, ``min_rows``) and clamps them onto the simplex first.
+        one entry of the sum; the mean's is ``noise_std / count``) keeps only rows
+        confident beyond the noise (``min_margin``, ``min_rows``) and clamps them onto the
+        simplex first.
         """
         term = layout.term(PROBABILITIES)
         mean = np.nan_to_num(sums.mean(term), nan=0.0)
@@ -336,7 +337,8 @@ class ConsensusSumRule:
         else:
             from ..privacy.dp.postprocess import noisy_rows_to_probabilities
 
-            keep = confident_rows(mean, noise_std, layout.params.get("min_margin"),
+            keep = confident_rows(mean, float(noise_std) / max(int(sums.count), 1),
+                                  layout.params.get("min_margin"),
                                   int(layout.params.get("min_rows", 0)))
             target = noisy_rows_to_probabilities(mean[keep])
         if era is not None and len(target):

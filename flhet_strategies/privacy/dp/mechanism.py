@@ -108,6 +108,16 @@ class DifferentialPrivacy(ServerAlgorithmWrapper):
         """``z``."""
         return float(self.settings.noise_multiplier)
 
+    @property
+    def reply_array_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The inner order (central); the noisy terms in the clients' order (distributed)."""
+        if self.settings.mode != "distributed":
+            return self.inner.reply_array_names
+        layout = self.layout(1)
+        return tuple(name for term in layout.terms for name in
+                     (noisy_name(term.name),) + (() if layout.public_weights
+                                                 else (noisy_weight_name(term.name),)))
+
     def describe(self) -> list[str]:
         """The mechanism, then the inner lines."""
         s = self.settings

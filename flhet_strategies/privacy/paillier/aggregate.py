@@ -123,12 +123,6 @@ class CiphertextAggregator:
             self.public_key, self._layout, tuple(self._sum), num_summands=self._num_summands
         )
 
-    def reset(self) -> None:
-        """Forget the running sum (start a new round)."""
-        self._layout = None
-        self._sum = None
-        self._num_summands = 0
-
     def _as_vector(self, payload: EncryptedVector | np.ndarray | bytes) -> EncryptedVector:
         if isinstance(payload, EncryptedVector):
             if payload.key_fingerprint != self._fingerprint:

@@ -81,8 +81,6 @@ from .model_updates import (
     WEIGHT_KEY_CONFIG,
     SecureModelSpec,
 )
-from ...faces.message import split_failed_replies
-from ...faces.records import record_nbytes, record_to_arrays
 
 
 class SecureFedAvgRounds:

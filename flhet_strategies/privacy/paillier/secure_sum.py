@@ -96,7 +96,7 @@ class SecureSum(ServerAlgorithmWrapper):
         self._sum_context: dict[str, np.ndarray] = {}
         self._sum_round: int | None = None
         self._seal: tuple[int, np.ndarray] | None = None
-        self._pending: tuple[int, str] | None = None
+        self._pending: tuple[int, str, float] | None = None
         self._decrypted_by: dict[int, str] = {}
 
     def describe(self) -> list[str]:
@@ -212,7 +212,7 @@ class SecureSum(ServerAlgorithmWrapper):
             raise ValueError(
                 f"the reply carries plaintext arrays {sorted(others)} (discarded, never "
                 "aggregated): the client does not encrypt its share (no PaillierMod / "
-                "PaillierNumPyClient step)")
+                "SecureSumNumPyClient step)")
         if wire.ENCRYPTED_SHARE not in reply.arrays:
             raise ValueError(f"the reply has no '{wire.ENCRYPTED_SHARE}' array")
         num_examples = reply.num_examples

@@ -15,7 +15,7 @@ from flhet_strategies.weighting.contribution.auto import (
 from flhet_strategies.weighting.contribution.estimator import ShapleyEstimator, ShapleyResult
 from flhet_strategies.weighting.contribution.exact import ExactShapley
 from flhet_strategies.weighting.contribution.games import CoalitionUtility, coalition_mask
-from flhet_strategies.weighting.contribution.gtg import GTGShapley, should_skip_round
+from flhet_strategies.weighting.contribution.gtg import GTGShapley
 from flhet_strategies.weighting.contribution.ledger import ContributionLedger, RoundContribution
 from flhet_strategies.weighting.contribution.logit_utility import (
     LogitConsensusUtility,
@@ -47,5 +47,4 @@ __all__ = [
     "estimate_shapley",
     "make_estimator",
     "mix_weights",
-    "should_skip_round",
 ]

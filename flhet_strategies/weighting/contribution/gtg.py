@@ -8,10 +8,10 @@ Evaluation in Federated Learning" (ACM TIST 2022):
   often; the rest of the order is random;
 * **within-round truncation**: while scanning a permutation, once the prefix
   coalition's utility is within ``truncation_tol`` of the grand coalition's,
-  the remaining players' marginals are not evaluated;
-* **between-round truncation**: a federated round whose global utility barely
-  moved is not valued at all (:func:`should_skip_round`, used by the Flower
-  wrapper around this estimator).
+  the remaining players' marginals are not evaluated.
+
+The paper's between-round truncation (skip valuing a round whose global utility
+barely moved) is not implemented: flhet values every round.
 """
 
 from __future__ import annotations
@@ -27,34 +27,7 @@ from flhet_strategies.weighting.contribution.estimator import (
 )
 from flhet_strategies.weighting.contribution.games import CoalitionUtility
 
-__all__ = ["GTGShapley", "should_skip_round"]
-
-
-def should_skip_round(grand_value: float, previous_value: float, tolerance: float) -> bool:
-    """Between-round truncation test of GTG-Shapley.
-
-    Parameters
-    ----------
-    grand_value : float
-        Utility of this round's aggregate of all participants, ``v(N)``.
-    previous_value : float
-        Utility of the previous round's global model / consensus (this round's
-        ``v(∅)`` in GTG-Shapley).
-    tolerance : float
-        Non-negative threshold in utility units.
-
-    Returns
-    -------
-    bool
-        True when ``|grand_value - previous_value| < tolerance``: the round
-        changed the global utility too little to be worth valuing, and every
-        participant may be given a contribution of zero for it.
-    """
-    if tolerance < 0 or not np.isfinite(tolerance):
-        raise ValueError(f"tolerance must be a finite non-negative number, got {tolerance}.")
-    if not (np.isfinite(grand_value) and np.isfinite(previous_value)):
-        raise ValueError("grand_value and previous_value must be finite.")
-    return abs(grand_value - previous_value) < tolerance
+__all__ = ["GTGShapley"]
 
 
 class GTGShapley(ShapleyEstimator):
