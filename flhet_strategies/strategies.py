@@ -190,7 +190,19 @@ def fedproto_algorithm(num_classes: int, feature_dim: int,
                                fraction=fraction)
 
 
-class FedProto(MessageStrategy):
+class _FedProto:
+    """FedProto's constructor for either face (a mixin; the face comes second)."""
+
+    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
+                 weighting: str | None = None, feature_bound: float = 8.0,
+                 privacy: DpSettings | None = None, privacy_budget: RoundBudget | None = None,
+                 **face) -> None:
+        self.init_face(fedproto_algorithm(num_classes, feature_dim, recipe, weighting,
+                                          feature_bound, privacy, privacy_budget,
+                                          **self.population(face)), **face)
+
+
+class FedProto(_FedProto, MessageStrategy):
     """FedProto (Tan et al., AAAI'22, https://arxiv.org/abs/2105.00243), Message API.
 
     Clients of any architecture share per-class mean features in one common feature
@@ -224,32 +236,31 @@ class FedProto(MessageStrategy):
         ``phase``, ...).
     """
 
-    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
-                 weighting: str | None = None, feature_bound: float = 8.0,
-                 privacy: DpSettings | None = None, privacy_budget: RoundBudget | None = None,
-                 **face) -> None:
-        super().__init__(fedproto_algorithm(
-            num_classes, feature_dim, recipe, weighting, feature_bound, privacy, privacy_budget,
-            population=face.get("min_available_nodes", 2),
-            fraction=face.get("fraction_train", 1.0)), **face)
 
-
-class FedProtoCompat(CompatStrategy):
+class FedProtoCompat(_FedProto, CompatStrategy):
     """:class:`FedProto` for the compat API; ``**face`` are the parameters of
     :class:`~flhet_strategies.faces.compat.CompatStrategy` (``num_rounds``, ``fraction_fit``,
     ``min_available_clients``, ...)."""
 
+
+_TGP_OPTIONS = ("margin_threshold", "server_epochs", "server_lr", "server_batch_size",
+                "hidden_dim")
+
+
+class _FedTGP:
+    """FedTGP's constructor for either face (a mixin; the face comes second)."""
+
     def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
-                 weighting: str | None = None, feature_bound: float = 8.0,
-                 privacy: DpSettings | None = None, privacy_budget: RoundBudget | None = None,
-                 **face) -> None:
-        super().__init__(fedproto_algorithm(
-            num_classes, feature_dim, recipe, weighting, feature_bound, privacy, privacy_budget,
-            population=face.get("min_available_clients", 2),
-            fraction=face.get("fraction_fit", 1.0)), **face)
+                 **options) -> None:
+        if "privacy" in options:
+            raise ValueError("FedTGP trains on every client's prototypes: there is no sum to "
+                             "privatize or encrypt (use FedProto for DP and secure sums)")
+        server = {k: options.pop(k) for k in _TGP_OPTIONS if k in options}
+        self.init_face(FedTGPServer(num_classes, feature_dim, recipe,
+                                    seed=options.get("seed", 0), **server), **options)
 
 
-class FedTGP(MessageStrategy):
+class FedTGP(_FedTGP, MessageStrategy):
     """FedTGP (Zhang et al., AAAI'24, https://arxiv.org/abs/2401.03230), Message API.
 
     As :class:`FedProto` on the clients; the server trains global prototypes (a small
@@ -271,47 +282,38 @@ class FedTGP(MessageStrategy):
         :class:`~flhet_strategies.faces.message.MessageStrategy`.
     """
 
-    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
-                 **options) -> None:
-        server, face = _split_tgp_options(options)
-        super().__init__(FedTGPServer(num_classes, feature_dim, recipe,
-                                      seed=face.get("seed", 0), **server), **face)
 
-
-class FedTGPCompat(CompatStrategy):
+class FedTGPCompat(_FedTGP, CompatStrategy):
     """:class:`FedTGP` for the compat API (face options of
     :class:`~flhet_strategies.faces.compat.CompatStrategy`)."""
 
-    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
-                 **options) -> None:
-        server, face = _split_tgp_options(options)
-        super().__init__(FedTGPServer(num_classes, feature_dim, recipe,
-                                      seed=face.get("seed", 0), **server), **face)
+
+class _Secured:
+    """The secure twin's constructor for either face (a mixin; the face comes second)."""
+
+    face_type: type = object
+
+    def __init__(self, strategy, public_key: PaillierPublicKey, *,
+                 max_examples: int | None = None, probability_bits: int | None = None,
+                 vote_bits: int = 16, decryption: str = "delegate") -> None:
+        if not isinstance(strategy, self.face_type):
+            message = self.face_type is MessageStrategy
+            examples = "FedConsensus, FedProto" if message else \
+                "FedConsensusCompat, FedProtoCompat"
+            other = "SecureConsensusCompat" if message else "SecureConsensus"
+            raise TypeError(f"{type(self).__name__} wraps a flhet {self.face_type.__name__} "
+                            f"(e.g. {examples}), got {type(strategy).__name__}; for the other "
+                            f"API use {other}")
+        self.init_face(SecureSum(strategy.algorithm, public_key, max_examples=max_examples,
+                                 bits=probability_bits, vote_bits=vote_bits,
+                                 decryption=decryption), **strategy.face_settings())
 
 
-_TGP_OPTIONS = ("margin_threshold", "server_epochs", "server_lr", "server_batch_size",
-                "hidden_dim")
-
-
-def _split_tgp_options(options: dict) -> tuple[dict, dict]:
-    if "privacy" in options:
-        raise ValueError("FedTGP trains on every client's prototypes: there is no sum to "
-                         "privatize or encrypt (use FedProto for DP and secure sums)")
-    server = {k: options.pop(k) for k in _TGP_OPTIONS if k in options}
-    return server, options
-
-
-def _secured(strategy, public_key: PaillierPublicKey, max_examples: int | None,
-             probability_bits: int | None, vote_bits: int, decryption: str) -> SecureSum:
-    return SecureSum(strategy.algorithm, public_key, max_examples=max_examples,
-                     bits=probability_bits, vote_bits=vote_bits, decryption=decryption)
-
-
-class SecureConsensus(MessageStrategy):
+class SecureConsensus(_Secured, MessageStrategy):
     """A Message-API strategy whose clients' contributions reach the server only encrypted.
 
-    Wraps the server half of ``strategy`` (:class:`FedConsensus`, or any flhet
-    strategy whose aggregate is a weighted sum) in a Paillier
+    Wraps the server half of ``strategy`` (:class:`FedConsensus`, :class:`FedProto`, or any
+    flhet strategy whose aggregate is a weighted sum) in a Paillier
     :class:`~flhet_strategies.privacy.paillier.secure_sum.SecureSum` and keeps its
     sampling, phase and evaluation settings. Clients run :class:`clients.mods.PaillierMod`.
 
@@ -333,41 +335,16 @@ class SecureConsensus(MessageStrategy):
         or ``"every_client"``.
     """
 
-    def __init__(self, strategy: MessageStrategy, public_key: PaillierPublicKey, *,
-                 max_examples: int | None = None, probability_bits: int | None = None,
-                 vote_bits: int = 16, decryption: str = "delegate") -> None:
-        if not isinstance(strategy, MessageStrategy):
-            raise TypeError(f"SecureConsensus wraps a Message-API flhet strategy (e.g. "
-                            f"FedConsensus), got {type(strategy).__name__}; for the compat "
-                            "API use SecureConsensusCompat")
-        d = strategy.driver
-        super().__init__(_secured(strategy, public_key, max_examples, probability_bits,
-                                  vote_bits, decryption),
-                         fraction_train=d.fraction_train, fraction_evaluate=d.fraction_evaluate,
-                         min_available_nodes=d.min_available, evaluate_every=d.evaluate_every,
-                         seed=d.seed, phase=d.phase)
+    face_type = MessageStrategy
 
 
-class SecureConsensusCompat(CompatStrategy):
+class SecureConsensusCompat(_Secured, CompatStrategy):
     """:class:`SecureConsensus` for the compat API: wraps a compat flhet strategy.
 
     Same parameters; clients are wrapped in :class:`clients.mods.SecureSumNumPyClient`.
     """
 
-    def __init__(self, strategy: CompatStrategy, public_key: PaillierPublicKey, *,
-                 max_examples: int | None = None, probability_bits: int | None = None,
-                 vote_bits: int = 16, decryption: str = "delegate") -> None:
-        if not isinstance(strategy, CompatStrategy):
-            raise TypeError(f"SecureConsensusCompat wraps a compat flhet strategy (e.g. "
-                            f"FedConsensusCompat), got {type(strategy).__name__}; for the "
-                            "Message API use SecureConsensus")
-        d = strategy.driver
-        super().__init__(_secured(strategy, public_key, max_examples, probability_bits,
-                                  vote_bits, decryption),
-                         num_rounds=d.num_rounds, fraction_fit=d.fraction_train,
-                         fraction_evaluate=d.fraction_evaluate,
-                         min_available_clients=d.min_available,
-                         evaluate_every=d.evaluate_every, seed=d.seed, phase=d.phase)
+    face_type = CompatStrategy
 
 
 __all__ = ["FedConsensus", "FedConsensusCompat", "FedProto", "FedProtoCompat", "FedTGP",

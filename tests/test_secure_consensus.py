@@ -381,7 +381,7 @@ def test_secure_prototypes_equal_the_count_weighted_means_to_the_quantization_bo
         np.testing.assert_array_equal(sums.denominators[term.name], counts.sum(axis=0))
         assert np.allclose(bound, 16 / (2 * 65535))
     else:
-        assert np.all(bound > spec.step(term))   # the weight-rounding term is counted
+        assert np.all(bound > spec.term_step(term))   # the weight-rounding term is counted
 
     finished = finish_relayed(spec, sums, {})
     assert set(finished) == {wire.GLOBAL_PROTOTYPES, wire.PROTOTYPE_MASK}
@@ -412,6 +412,6 @@ def test_a_signed_term_quantizes_within_its_range() -> None:
     assert encoded.tolist() == [0.0, 45.0, 24.0, 0.0, 0.0, 0.0, 3.0, 0.0]
     decoded = spec.decode(encoded, 1)
     mean = decoded.mean(term)
-    np.testing.assert_allclose(mean[0], [-2.0, 6.0, -2.0 + spec.step(term) * 8])
+    np.testing.assert_allclose(mean[0], [-2.0, 6.0, -2.0 + spec.term_step(term) * 8])
     assert np.all(np.isnan(mean[1]))     # weight 0: no mean
     assert np.all(np.abs(mean[0] - values[0]) <= spec.error_bound(term, 1, [3, 0])[0])

@@ -3,7 +3,7 @@
 :class:`DpNoiseStep` clips a client's weighted-sum contribution and adds its share of the
 Gaussian noise, so the sum of the cohort's replies carries the noise the server
 announced (``DifferentialPrivacy(mode="distributed")``). Run it with
-``clients.mods.DpNoiseMod`` (Message API) or ``clients.mods.DpNoiseNumPyClient`` (compat).
+``clients.mods.DpNoiseMod`` (Message API) or ``clients.DpNoiseNumPyClient`` (compat).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 the server relays (or opens the seal one client made of it), finishes it with the
 algorithm's rule into the plain instruction the client half expects, and encrypts the
 reply's contribution. Run it with ``clients.mods.PaillierMod`` (Message API) or
-``clients.mods.SecureSumNumPyClient`` (compat). Keys come from a key dealer's file.
+``clients.SecureSumNumPyClient`` (compat). Keys come from a key dealer's file.
 """
 
 from __future__ import annotations

@@ -68,6 +68,22 @@ class CompatStrategy(FaceViews, Strategy):
                                   evaluate_every=evaluate_every, seed=seed, phase=phase,
                                   num_rounds=num_rounds)
 
+    init_face = __init__
+    """The face's own constructor (for named strategies that build their server half first)."""
+
+    @staticmethod
+    def population(face: dict) -> dict:
+        """Clients and sampling fraction a privacy budget of these face options assumes."""
+        return {"population": face.get("min_available_clients", 2),
+                "fraction": face.get("fraction_fit", 1.0)}
+
+    def face_settings(self) -> dict:
+        """The options that rebuild this face around another server half."""
+        d = self.driver
+        return {"num_rounds": d.num_rounds, "fraction_fit": d.fraction_train,
+                "fraction_evaluate": d.fraction_evaluate, "min_available_clients": d.min_available,
+                "evaluate_every": d.evaluate_every, "seed": d.seed, "phase": d.phase}
+
     @property
     def fraction_fit(self) -> float:
         """Fraction of clients sampled for training."""

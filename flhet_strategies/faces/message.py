@@ -50,6 +50,22 @@ class MessageStrategy(FaceViews, Strategy):
                                   min_available=min_available_nodes,
                                   evaluate_every=evaluate_every, seed=seed, phase=phase)
 
+    init_face = __init__
+    """The face's own constructor (for named strategies that build their server half first)."""
+
+    @staticmethod
+    def population(face: dict) -> dict:
+        """Clients and sampling fraction a privacy budget of these face options assumes."""
+        return {"population": face.get("min_available_nodes", 2),
+                "fraction": face.get("fraction_train", 1.0)}
+
+    def face_settings(self) -> dict:
+        """The options that rebuild this face around another server half."""
+        d = self.driver
+        return {"fraction_train": d.fraction_train, "fraction_evaluate": d.fraction_evaluate,
+                "min_available_nodes": d.min_available, "evaluate_every": d.evaluate_every,
+                "seed": d.seed, "phase": d.phase}
+
     @property
     def fraction_train(self) -> float:
         """Fraction of nodes sampled for training."""

@@ -1,98 +1,8 @@
 """Adaptive aggregation: scale client weights by how stable their predictions are.
 
-:class:`AdaptiveWeighting` is a stateful
-:data:`~flhet_strategies.weighting.base.WeightFn` that wraps any other weight
-function (sample counts, :class:`~flhet_strategies.weighting.contribution.weighting.
-ContributionWeighting`, ...) and multiplies each client's weight by a factor
-measured from the *rate of change of its predictions across rounds*::
-
-    weighting = AdaptiveWeighting(inner=sample_count_weights)
-    strategy = FedConsensus(..., weight_fn=weighting)
-
-Pure numpy, no Flower import.
-
-The rule: test-retest reliability of each client's predictions
----------------------------------------------------------------
-Let ``a_k`` be client ``i``'s class probabilities ``softmax(logits / T)`` on proxy
-sample ``k`` at its previous participation and ``b_k`` the same client's at this
-round, on the ``n`` proxy samples both rounds asked for (consecutive rounds
-overlap; with ``always_include`` the labeled validation slice is in every round).
-Subtract from each round's predictions their mean over the ``n`` samples (per
-class) and take the Pearson correlation ``r_i`` of the two rounds' centred
-predictions over all samples and classes: the classical *test-retest reliability*
-of the client as a measuring instrument. Its *instability*, the normalised rate
-of change of what the client says about individual samples, is ``u_i = 1 - r_i``.
-
-Model a client's centred prediction as ``signal(k) + noise(k, t)``, with signal
-variance ``s^2`` across samples and fresh noise of variance ``e^2`` every round:
-then ``r = s^2 / (s^2 + e^2)``, the share of the client's variance that is signal
-(an intraclass correlation), and ``u = e^2 / (s^2 + e^2)`` the noise share. ``r``
-is also the Bayes-optimal shrinkage coefficient of a noisy measurement (the best
-linear predictor of the signal from the observation scales it by ``r``), which is
-why it is used as the weight factor::
-
-    w_i = inner_i * clip(1 - u~_i, 0, 1) ** power      (then normalised)
-
-with ``u~`` an exponential moving average of ``u`` over the rounds the client took
-part in (``smoothing``; FedAdp smooths its angles over rounds in the same way).
-
-What that gives:
-
-- a random-predicting free-rider draws fresh logits every round: its predictions
-  on a sample are unrelated to its previous ones, ``r ~ 0`` and ``u ~ 1``, and its
-  weight goes to zero from the second round on, whatever the scale of its logits;
-- a client that answers the same for every sample (constant, e.g. uniform
-  predictions) carries no information about the samples: ``u`` is defined as 1
-  and it gets no weight either;
-- an honest client's predictions converge, ``u`` falls towards 0 and the factor
-  rises towards 1. Centring and the correlation make the score blind to a drift
-  of the client's class prior and to its predictions sharpening (a change of
-  scale), so a weak model whose few sample-specific opinions are consistent is
-  not mistaken for a random one, and a confident and a cautious model, or models
-  of different architectures, are judged alike;
-- each client is judged on its own predictions alone: no cohort statistic (mean
-  update, median) that a majority of bad clients could move.
-
-(A first version normalised the squared change on the same sample by the squared
-difference between different samples, without centring. On digits it scored two
-honest but still weak clients, whose outputs barely varied across samples while
-their class prior drifted, as random (``u ~ 1``), and the adaptive run lost
-accuracy; centring fixed that.)
-
-Why not FedAdp
---------------
-FedAdp (Wu & Wang, "Fast-Convergent Federated Learning with Adaptive Weighting",
-IEEE TCCN 2021) weights node ``i`` by ``n_i exp(f(theta~_i))`` with ``theta~_i`` the
-running mean of the angle between its update and the global (weighted-mean)
-update and ``f`` a Gompertz map, ``f(x) = alpha (1 - exp(-exp(-alpha (x - 1))))``,
-``alpha = 5``. Carried over to predictions, the "global update" would be the
-weighted mean of the clients' prediction changes, which a free-rider's large
-random changes dominate (its angle to a mean it dominates is small), and late in
-training honest clients' small changes are mostly SGD noise, so all angles drift
-to 90 degrees. The reliability ratio keeps FedAdp's structure (a per-client
-similarity of successive updates, smoothed over rounds, mapped to a multiplicative
-weight) but needs no global direction and has a scale-free null value (``u = 1``
-for a random client). FedLAW (Li et al., "Revisiting Weighted Aggregation in
-Federated Learning with Neural Networks", ICML 2023) learns the weights and a
-shrinking factor on a proxy set by gradient descent; flhet's consensus weights
-have no gradient path to a proxy loss, so it is not used.
-
-Limits (stated so the rule is used knowingly): a client that replays the very
-same predictions every round is perfectly "stable" and keeps its inner weight;
-stability is not accuracy, so pair the rule with an inner weight that measures
-value (``ContributionWeighting``) when that matters.
-
-Clients and rounds
-------------------
-- First round, or a client seen for the first time: no history, no factor. A
-  client without a measurement gets the median factor of this round's clients
-  that have one (it counts as a typical client until measured); when nobody has
-  one, the weights are the inner weights.
-- A client that skipped rounds is compared with its last participation; its
-  moving average is updated only in rounds it takes part in.
-- Fewer than ``min_common`` proxy samples shared with the client's previous
-  participation: no new measurement this round (the moving average is kept).
-- If every factor is zero (all clients look random) the inner weights are used.
+:class:`AdaptiveWeighting` wraps any weight function and multiplies each client's weight
+by the test-retest reliability of its predictions across rounds (pure numpy, no Flower
+import). See docs/adaptive_weighting.md.
 """
 
 from __future__ import annotations
@@ -175,8 +85,8 @@ class _ClientTrack:
 class AdaptiveWeighting:
     """Client weights scaled by the test-retest reliability of their predictions.
 
-    A :data:`~flhet_strategies.weighting.base.WeightFn`; see the module notes for
-    the rule and the literature behind it. Every call
+    A :data:`~flhet_strategies.weighting.base.WeightFn`; see docs/adaptive_weighting.md
+    for the rule and the literature behind it. Every call
 
     1. asks ``inner`` for the round's base weights;
     2. for every client seen before, measures :func:`prediction_instability`

@@ -1,27 +1,9 @@
 """Per-round privacy accounting on Flower's ``RdpAccountant`` (``flwr[dp]``).
 
-:class:`PrivacyLedger` composes one sampled-Gaussian event per round into Flower's RDP
-accountant, with the client sampling that really happened:
-
-========== ============================== =========================== ================
-sampling   what the strategy does          Flower ``SamplingMethod``    relation
-========== ============================== =========================== ================
-poisson    every client joins with rate q  ``POISSON`` (amplified)      add-or-remove-one
-fixed-size m of N clients, no replacement  ``WITHOUT_REPLACEMENT``      replace-one
-full       all N clients every round       ``NO_AMPLIFICATION``         add-or-remove-one
-========== ============================== =========================== ================
-
-These are the only pairs dp-accounting supports. ``noise_multiplier`` is always
-``z = sigma / S`` (noise standard deviation on the clipped sum over the clipping bound,
-Flower's convention); the ledger hands the accountant ``sigma / Delta`` with the
-sensitivity ``Delta`` of the relation (:mod:`flhet_strategies.privacy.dp.sensitivity`:
-``S`` for add-or-remove-one, ``sqrt(2) S`` for non-negative prediction payloads and
-``2 S`` for signed model updates under replace-one).
-
-No accounting is done here by hand: epsilon comes from Flower's ``RdpAccountant``,
-and :func:`noise_multiplier_for_epsilon` searches it with ``scipy.optimize.brentq``
-(dp-accounting's ``calibrate_dp_mechanism`` needs its own accountant interface, which
-Flower's does not expose).
+:class:`PrivacyLedger` composes one sampled-Gaussian event per round with the client
+sampling that really happened (``"poisson"``, ``"fixed-size"`` or ``"full"``);
+:func:`noise_multiplier_for_epsilon` calibrates ``z`` for a target epsilon. See
+docs/dp_accounting.md.
 """
 
 from __future__ import annotations
@@ -47,7 +29,7 @@ from scipy import optimize
 from .sensitivity import accounting_noise_multiplier
 
 SAMPLING_SCHEMES = ("poisson", "fixed-size", "full")
-"""Client sampling schemes the ledger can account (see the module table)."""
+"""Client sampling schemes the ledger can account (see docs/dp_accounting.md)."""
 
 _FLOWER_SAMPLING = {
     "poisson": (SamplingMethod.POISSON, NeighboringRelation.ADD_OR_REMOVE_ONE),
@@ -124,7 +106,7 @@ class PrivacyLedger:
     target_delta : float
         The delta epsilon is reported at, in ``(0, 1)`` (e.g. 1e-5, below ``1 / N``).
     sampling : str (default: "full")
-        ``"poisson"``, ``"fixed-size"`` or ``"full"`` (see the module table).
+        ``"poisson"``, ``"fixed-size"`` or ``"full"`` (see docs/dp_accounting.md).
     sampling_rate : float, optional
         Poisson rate ``q`` in ``(0, 1]``; required for, and only used by, ``"poisson"``.
         Flower's events carry ``q`` as ``sample_size / N``; a ``q`` that is not a

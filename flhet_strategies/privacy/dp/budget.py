@@ -1,28 +1,9 @@
 """A privacy budget for a round-based strategy, on :class:`~.accounting.PrivacyLedger`.
 
-:class:`RoundBudget` is what any strategy that releases one noisy aggregate per round
-needs on top of the ledger, whatever its API face (Message API or compat) and whatever
-it releases (model updates, prediction sums):
-
-1. before the run, :meth:`RoundBudget.cap` -- how many of ``num_rounds`` fit in
-   ``max_epsilon`` (Flower's ``Strategy.start`` and the compat ``Server`` run a fixed
-   number of rounds, so a strategy caps that number up front where it can);
-2. before each round, :meth:`RoundBudget.allows` -- the per-round guard (the real cohort
-   size is only known once the round is sampled); once it refuses a round the run stays
-   stopped (:attr:`RoundBudget.stopped_at`);
-3. after each release, :meth:`RoundBudget.record` -- compose the round and keep its
-   epsilon and delta in :attr:`RoundBudget.history`.
-
-The client-sampling scheme follows from the strategy's sampling fraction
-(:func:`sampling_for_fraction`): fraction 1 samples every client (``"full"``); a smaller
-fraction samples a fixed-size cohort without replacement, as Flower's ``FedAvg``
-(``random.sample`` of the connected nodes) and flhet's consensus strategies do
-(``"fixed-size"``, accounted with the real cohort size of every round).
-
-:func:`mean_noise_multiplier` converts the noise multiplier of a weighted *mean* whose
-noise was calibrated for ``m`` equal shares (Flower's DP wrappers) into the multiplier
-the released mean really carries; :func:`distributed_mean_noise_multiplier` does the same
-when the clients added the noise as shares (distributed DP).
+:class:`RoundBudget` caps the rounds up front, guards each round and records its
+epsilon, for either API face; :func:`mean_noise_multiplier` and
+:func:`distributed_mean_noise_multiplier` give the noise multiplier a released weighted
+mean really carries. See docs/dp_accounting.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """L2 clipping of one client's payload (pure numpy, no Flower import).
 
-Two modes:
-
-* **flat** -- the whole payload (a model update, or an ``(m, C)`` matrix of
-  predictions) is scaled by ``min(1, S / ||x||_2)`` so its L2 (Frobenius) norm is at
-  most ``S``. This is the clipping the Gaussian mechanism and the accountant assume.
-* **per-row** -- every row (one proxy sample's prediction) is scaled to L2 norm at
-  most ``r``; the whole payload then has norm at most ``r * sqrt(m)``. Use it when one
-  over-confident row should not eat the budget of the others.
-
-Scaling (rather than truncating entries) keeps a non-negative payload non-negative,
-which the sensitivity bound of :mod:`.sensitivity` uses for prediction payloads.
+``"flat"`` scales the whole payload to norm at most ``S``; ``"per-row"`` scales every row
+to at most ``r`` (``S = r sqrt(rows)``). Scaling keeps a non-negative payload
+non-negative. See docs/dp_sensitivity.md.
 """
 
 from __future__ import annotations

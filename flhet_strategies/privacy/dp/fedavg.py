@@ -1,56 +1,9 @@
 """Differentially private FedAvg with an epsilon budget, around Flower's FedAvg (both APIs).
 
-Flower 1.42 clips and noises model updates in
-:class:`flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping` and
-``...ClientSideFixedClipping``. Their optional ``accountant=`` only accepts
-no-amplification accounting and raises ``PrivacyBudgetExhausted`` in the middle of
-``start`` when the budget runs out. :class:`DpFedAvg` builds the matching Flower
-wrapper and leaves the clipping and noising to it. On top it adds:
-
-* epsilon for every round, with the sampling that really happened (full participation,
-  or fixed-size cohorts without replacement amplified by ``m / N``),
-* a budget: ``start`` runs only the rounds that fit in ``max_epsilon``, and a per-round
-  guard stops the run cleanly (no messages, final arrays kept) if a round would
-  exceed it anyway.
-
-The bookkeeping is :class:`~flhet_strategies.privacy.dp.budget.RoundBudget`, shared
-with the compat face (:mod:`flhet_strategies.privacy.dp.fedavg`)::
-
-    strategy = DpFedAvg(FedAvg(fraction_train=0.5), noise_multiplier=1.0,
-                        clipping_norm=1.0, num_sampled_clients=5, max_epsilon=8.0)
-    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=100)
-    strategy.epsilon, strategy.privacy_history[-1]   # e.g. 7.9, {"round": 61, ...}
-
-Noise convention (Flower 1.42, ``flwr.serverapp.strategy.dp_fixed_clipping``)
-------------------------------------------------------------------------------
-Both wrappers add ``N(0, sigma^2)`` with ``sigma = z * S / m`` (``compute_stdv``:
-``noise_multiplier * clipping_norm / num_sampled_clients``) to every entry of the
-*aggregated* model, i.e. to the inner strategy's weighted **mean** of clipped
-updates, after ``aggregate_train``. For the uniform mean of ``m`` updates clipped to
-``S`` that is noise ``z S`` on their **sum**: Flower's ``z`` is ``sigma_sum / S``, the
-ledger's convention. The wrappers do not sample clients themselves (the inner strategy
-does, ``random.sample`` without replacement) and ``m`` is the declared
-``num_sampled_clients``, not the number of replies. So the ledger is given
-:func:`~flhet_strategies.privacy.dp.budget.mean_noise_multiplier`
-``z * W / (m * max w_i)`` (``w_i`` the replies' ``weighted_by_key`` weights): ``z`` for
-``m`` equal weights, less when clients drop out or weights differ (FedAvg's
-``num-examples``). For the full guarantee send equal weights.
-
-Client-side clipping (``clipping="client"``) needs Flower's ``fixedclipping_mod`` in the
-ClientApp: ``ClientApp(mods=[flwr.clientapp.mod.fixedclipping_mod])``.
-
-Distributed noise (``clipping="distributed"``)
-----------------------------------------------
-No Flower wrapper: the clients clip their updates and each adds its share
-``N(0, (z S)^2 / m)`` (:class:`clients.mods.dp_update_noise.DpUpdateNoiseMod`, or
-:class:`clients.dp_update_numpy_client.DpUpdateNumPyClient` on the compat face), and the
-inner strategy averages as usual. The server sends ``z``, ``S`` and the round's real
-cohort size ``m`` in every train config (keys
-:data:`flhet_strategies.core.dp.update_noise.UPDATE_NOISE_KEYS`) and gives the ledger
-:func:`~flhet_strategies.privacy.dp.budget.distributed_mean_noise_multiplier`
-``z * sqrt(sum w_i^2 / m) / max w_i``. The guarantee holds for whoever sees only the
-mean; the server itself sees each reply with noise multiplier ``z / sqrt(m)``, so pair
-it with secure aggregation where the server is not trusted.
+:class:`DpFedAvg` (Message API) and :class:`DpFedAvgCompat` (compat API) build Flower's
+fixed-clipping DP wrapper (or none, with distributed noise) and add per-round epsilon
+with the real sampling and a budget that stops the run cleanly. See
+docs/privacy_fedavg.md.
 """
 
 from __future__ import annotations
@@ -260,7 +213,7 @@ class DpFedAvg(DpBudgetSettings, Strategy):
         ``"server"`` (:class:`~flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping`),
         ``"client"`` (``...ClientSideFixedClipping``; the ClientApp needs
         ``fixedclipping_mod``) or ``"distributed"`` (no wrapper; the ClientApp needs
-        :class:`clients.mods.dp_update_noise.DpUpdateNoiseMod`, which clips and adds
+        :class:`clients.fedavg.dp.DpUpdateNoiseMod`, which clips and adds
         each client's noise share).
     population_size : int, optional
         ``N``; by default the nodes connected when ``start`` runs (at least ``m`` and
@@ -471,7 +424,7 @@ class DpFedAvgCompat(DpBudgetSettings, compat.Strategy):
     clipping : str (default: "server")
         ``"server"``, ``"client"`` (the ClientApp then needs ``fixedclipping_mod``) or
         ``"distributed"`` (no Flower wrapper; the clients are wrapped in
-        :class:`clients.dp_update_numpy_client.DpUpdateNumPyClient`).
+        :class:`clients.fedavg.dp.DpUpdateNumPyClient`).
     population_size : int, optional
         ``N``; by default the clients available at the first ``configure_fit``.
     fraction : float, optional

@@ -1,23 +1,9 @@
 """Gaussian noise for central and distributed DP on a sum of clipped payloads.
 
-Pure numpy, no Flower import. The noise multiplier ``z`` follows Flower's convention:
-the noise on the *sum* of clipped payloads has standard deviation ``sigma = z * S``,
-``S`` being the bound on every clipped payload (:func:`~.clipping.payload_norm_bound`).
-
-* **Central DP** -- the server clips nothing itself (clients clip, or the server clips
-  the payloads it receives) and adds ``N(0, sigma^2)`` to the sum once:
-  :func:`add_central_noise`.
-* **Distributed DP** -- each of the ``n`` clients expected in the sum adds
-  ``N(0, sigma^2 / n)`` to its own clipped payload (:func:`add_noise_share`); the sum of
-  ``n`` independent shares carries ``N(0, sigma^2)``. The guarantee holds for whoever
-  sees only the sum (secure aggregation). Whoever sees one reply sees noise of
-  ``sigma / sqrt(n)`` only. If fewer than ``n`` shares arrive, the sum carries less
-  noise: account the round with :func:`realized_noise_multiplier`.
-
-Every function takes an optional ``numpy.random.Generator`` so tests can fix a seed;
-without one a fresh generator seeded from OS entropy is used. numpy's generators are
-not cryptographic and floating-point Gaussian samples leak low-order bits (Mironov,
-CCS 2012); deployments with strong adversaries should inject a hardened generator.
+Pure numpy, no Flower import. ``z`` is Flower's noise multiplier: the noise on the
+*sum* has standard deviation ``z * S``; a distributed-DP client adds a share
+``N(0, (z S)^2 / n)``, and :func:`realized_noise_multiplier` accounts missing shares.
+See docs/dp_sensitivity.md.
 """
 
 from __future__ import annotations

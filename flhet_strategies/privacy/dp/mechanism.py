@@ -3,7 +3,7 @@
 :class:`DifferentialPrivacy` wraps a server half whose aggregate is a weighted sum
 (consensus, prototypes, ...; see :mod:`flhet_strategies.aggregation.weighted_sum`).
 Central: the server clips every reply's contribution and noises the sum. Distributed:
-the clients do both (``clients.steps.dp.DpNoiseStep``) and the server only sums. The
+the clients do both (``clients.privacy.dp.DpNoiseStep``) and the server only sums. The
 algorithm then finishes the noisy sum (post-processing) and Flower's ``RdpAccountant``
 accounts the round (:class:`~flhet_strategies.privacy.dp.budget.RoundBudget`).
 """

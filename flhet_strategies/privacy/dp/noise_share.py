@@ -1,14 +1,9 @@
 """One client's clipped contribution plus its share of the Gaussian noise (Flower-free).
 
 The client step of distributed DP, and the server step of central DP, for any weighted
-sum (:mod:`flhet_strategies.aggregation.weighted_sum`) and for FedAvg model updates:
-
-1. the contribution becomes one matrix of rows (:func:`contribution_rows`): each term's
-   values by rows along its first axis; with per-class weights that are not public, the
-   weighted values and the weight of each row side by side, so clipping scales both;
-2. it is clipped in L2 (``"flat"`` to ``S``, or ``"per-row"`` to ``r``, ``S = r sqrt(rows)``);
-3. a client adds ``N(0, (z S)^2 / n)`` per entry, ``n`` the cohort size the server
-   announced, so that the sum of ``n`` shares carries ``N(0, (z S)^2)``.
+sum (:mod:`flhet_strategies.aggregation.weighted_sum`) and for FedAvg model updates: the
+contribution becomes a matrix of rows, is clipped, and gets ``N(0, (z S)^2 / n)``. See
+docs/dp_sensitivity.md.
 """
 
 from __future__ import annotations

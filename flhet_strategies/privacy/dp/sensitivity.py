@@ -1,40 +1,9 @@
 r"""L2 sensitivity of a sum of clipped client payloads (pure numpy, no Flower import).
 
-The private release is the sum over the round's cohort of clipped payloads plus
-Gaussian noise, :math:`\sum_i x_i + \mathcal N(0, \sigma^2 I)`, with
-:math:`\|x_i\|_2 \le S` (see :mod:`.clipping`). The guarantee is *client-level*: two
-federations are neighbours if they differ in one client's whole data set, which covers
-any change of one of its records too.
-
-Derivation
-----------
-**add-or-remove-one** (one client more or less). The sum changes by one clipped payload,
-so :math:`\Delta = S`.
-
-**replace-one** (one client's data swapped). The sum changes by :math:`x - x'`.
-For signed payloads (model updates) :math:`\|x - x'\| \le \|x\| + \|x'\| \le 2S`,
-attained at :math:`x' = -x`. Prediction payloads are non-negative (probabilities,
-clipped by scaling, which keeps signs), so :math:`\langle x, x'\rangle \ge 0` and
-
-.. math:: \|x - x'\|^2 = \|x\|^2 + \|x'\|^2 - 2\langle x, x'\rangle \le 2S^2,
-          \qquad \Delta = \sqrt 2\, S,
-
-attained by payloads with disjoint supports (e.g. one-hot predictions of different
-classes on every row).
-
-Unclipped probability payloads are already bounded: a probability row :math:`p` has
-:math:`\|p\|_2^2 = \sum_c p_c^2 \le (\sum_c p_c)^2 = 1`, and two rows differ by at most
-:math:`\sqrt 2` (two different one-hot rows). An ``(m, C)`` payload therefore has
-:math:`\|P\|_F \le \sqrt m`, and clipping to :math:`S \ge \sqrt m` changes nothing.
-
-Which relation
---------------
-The relation is fixed by the client sampling that the accountant can amplify
-(dp-accounting, behind Flower's ``RdpAccountant``): Poisson sampling and full
-participation are accounted under add-or-remove-one; fixed-size sampling without
-replacement (flhet's default cohort sampler) only under replace-one. Use the matching
-:math:`\Delta`; :func:`accounting_noise_multiplier` converts the usual noise multiplier
-:math:`z = \sigma / S` into the accountant's :math:`\sigma / \Delta`.
+``S`` under add-or-remove-one; under replace-one ``sqrt(2) S`` for non-negative payloads
+(probabilities) and ``2 S`` for signed ones. :func:`accounting_noise_multiplier` turns
+``z = sigma / S`` into the accountant's ``sigma / Delta``. Derivation:
+docs/dp_sensitivity.md.
 """
 
 from __future__ import annotations

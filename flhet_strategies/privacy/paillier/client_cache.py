@@ -1,11 +1,8 @@
 """Per-process caches of a secure-sum client: its private key and its randomness pool.
 
-A Ray actor (or a SuperNode's ClientApp process) serves many messages, and in
-simulation many nodes. Loading the key file and building a randomness pool once per
-process, then keeping the pool topped up between messages, keeps the Paillier cost off
-the critical path. The client mods of the secure consensus and of the secure FedAvg,
-and the compat ``NumPyClient`` wrapper, share these caches, so they share one pool per
-key.
+Loading the key once per process and keeping one pool per key topped up between
+messages keeps the Paillier cost off the critical path; every secure-sum client step
+shares them. See docs/paillier_packing.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Paillier encryption of packed plaintexts with precomputed randomness on all cores.
 
-With ``g = n + 1`` a Paillier ciphertext is ``c = (1 + n*m) * r**n mod n**2``. Nearly
-all of its cost is the obfuscator ``r**n mod n**2`` (about 9 ms for a 2048-bit key),
-which does not depend on the message. :class:`RandomnessPool` computes obfuscators
-ahead of time, in worker processes and optionally in the background (while a client
-trains), so that encrypting is then two multiplications per ciphertext. Each
-obfuscator is handed out once and never reused: reusing ``r`` for two ciphertexts would
-reveal the difference of their plaintexts.
-
-The arithmetic uses gmpy2 directly; ciphertexts are the same integers ``phe`` would
-produce (``phe.PaillierPrivateKey.raw_decrypt`` decrypts them). The pool draws from an
-obfuscator *source*: :class:`StandardObfuscators` (``r**n``, the default) or the
-Damgard-Jurik-Nielsen short-exponent :class:`.ShortExponentObfuscators` (``h**x``,
-about 20 times cheaper with its fixed-base table).
+:class:`RandomnessPool` computes obfuscators ahead of time (in worker processes or
+threads, optionally while a client trains) and hands each out once, so encrypting is two
+multiplications per ciphertext. See docs/paillier_packing.md.
 """
 
 from __future__ import annotations

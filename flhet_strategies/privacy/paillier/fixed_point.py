@@ -1,18 +1,8 @@
 """Fixed-point quantization with offset (sign) encoding.
 
-A real value ``x`` in ``[value_min, value_max]`` becomes the non-negative integer
-
-    q = round((clip(x) - value_min) / step),   step = (value_max - value_min) / (2**bits - 1)
-
-so ``q`` lies in ``[0, 2**bits - 1]``. Shifting by ``value_min`` encodes signs: negative
-values need no sign bit and sums of encodings never borrow, which is what lets many of
-them share one Paillier plaintext (see :mod:`.packing`). A sum of ``k`` encodings
-``S = q_1 + ... + q_k`` decodes to ``k * value_min + S * step``; rounding to nearest makes
-each summand off by at most ``step / 2``, so the decoded sum is within ``k * step / 2`` of
-the sum of the clipped inputs.
-
-The fast path is 8-bit quantization of probabilities (``value_range=(0, 1)``,
-``bits=8``): step 1/255, at most 0.00196 off per summand.
+A value in ``[value_min, value_max]`` becomes an integer level in ``[0, 2**bits - 1]``;
+sums of levels never borrow, and a decoded sum of ``k`` values is within
+``k * step / 2`` of the sum of the clipped inputs. See docs/paillier_packing.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Integer helpers shared by the secure sums that encrypt exact integers.
 
-The secure consensus (:mod:`flhet_strategies.core.secure_consensus`) and the secure
-FedAvg (:mod:`.model_updates`) quantize and weight on the client themselves, then send
-exact integers through a layout whose quantization step is 1 (:func:`integer_layout`).
+The secure weighted sum (:mod:`.spec`) and the secure FedAvg (:mod:`.model_updates`)
+quantize and weight on the client themselves, then send exact integers through a layout
+whose quantization step is 1 (:func:`integer_layout`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def offset_levels(values: np.ndarray, bound: float, levels: int) -> tuple[np.nda
 
     The offset ``B`` makes every level non-negative, so sums of levels never borrow and
     pack densely; ``step = 2 B / levels``. Used by the secure FedAvg
-    (:class:`.model_updates.SecureModelSpec`) and the distributed-DP secure consensus.
+    (:class:`.model_updates.SecureModelSpec`).
 
     Parameters
     ----------
@@ -77,7 +77,7 @@ class IntegerSumSpec:
     """Layout and codec of a spec whose shares are exact integers (a mixin).
 
     Mixed into :class:`.model_updates.SecureModelSpec` and
-    :class:`flhet_strategies.core.secure_consensus.SecureConsensusSpec`; a subclass
+    :class:`.spec.SecureSumSpec`; a subclass
     provides ``num_values``, ``max_summands`` and ``value_bits``.
     """
 

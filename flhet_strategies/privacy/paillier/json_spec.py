@@ -1,9 +1,8 @@
 """JSON wire format of the public specs of a secure sum (a Flower config value).
 
 The secure FedAvg spec (:class:`.model_updates.SecureModelSpec`) and the secure
-consensus spec (:class:`flhet_strategies.core.secure_consensus.SecureConsensusSpec`)
-are frozen dataclasses that travel to the clients as JSON strings; both mix in
-:class:`JsonSpec`.
+weighted-sum spec (:class:`.spec.SecureSumSpec`) are frozen dataclasses that travel to
+the clients as JSON strings; both mix in :class:`JsonSpec`.
 """
 
 from __future__ import annotations

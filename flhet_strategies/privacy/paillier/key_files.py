@@ -1,16 +1,8 @@
 """Key files of a Paillier key dealer: the private key for clients, the public key for the server.
 
-The key pair is made once, outside the server, by a *key dealer* (an operator's
-workstation, or the launcher of a simulation) with :func:`deal_keys`. It writes two
-files:
-
-* ``paillier_private.json`` -- the private key (``n``, ``p``, ``q``), readable by its
-  owner only (mode ``0600``). Hand it to every client (SuperNode) that takes part in
-  secure sums, e.g. through the node config ``paillier-key-path``; never to the server.
-* ``paillier_public.bin`` -- the public key (:func:`.public_key_to_bytes`). Give it to
-  the ServerApp (run config) and, if they like, to the clients.
-
-The dealer keeps no copy: :func:`deal_keys` returns the two paths, not the key.
+:func:`deal_keys` writes ``paillier_private.json`` (mode ``0600``, for the clients) and
+``paillier_public.bin`` (for the ServerApp) and keeps no copy. See
+docs/paillier_packing.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Paillier keys: generation, the private-key holder, and the public-key-only view.
 
-The private key lives in a :class:`KeyHolder` on the clients (or on a separate key
-holder), never on the server: the server side (:class:`.CiphertextAggregator`) takes a
-``phe.PaillierPublicKey`` only and refuses anything else. Keys shorter than
-:data:`MIN_KEY_BITS` (2048, about 112-bit security) are refused everywhere with
-:class:`.InsecureKeyError`; there is no switch to allow them.
-
-Keys are ``phe`` objects, so anything ``phe`` can do with them (its own encryption,
-JSON export) keeps working.
+The private key lives in a :class:`KeyHolder` on the clients, never on the server; keys
+shorter than :data:`MIN_KEY_BITS` are refused everywhere with :class:`.InsecureKeyError`.
+See docs/paillier_packing.md.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class ModelSumClient(ShareClient):
             If the sum is under another key, malformed, or does not decode.
         """
         sums, num_summands = self._decrypt_sum(spec, payload)
-        return spec.decode(sums, num_summands)
+        return spec.decode_model(sums, num_summands)
 
     def encrypt(self, spec: SecureModelSpec,
                 arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray],
@@ -99,7 +99,7 @@ class ModelSumClient(ShareClient):
         """
         start = time.perf_counter()
         self.check(spec)
-        share = spec.encode(arrays, weight)
+        share = spec.encode_model(arrays, weight)
         codec = self.codec(spec)
         payload = self._encrypt_values(codec, share.values)
         return EncryptedShare(payload=payload, num_clipped=share.num_clipped,

@@ -1,25 +1,10 @@
 """BatchCrypt-style packing of many quantized values into one plaintext integer.
 
-Each ``value_bits``-bit value gets a slot of ``slot_bits`` bits: the value plus zero
-padding bits that absorb the carries of up to ``max_summands`` additions. Since a slot
-of a sum of ``k <= max_summands`` packed plaintexts holds at most
-``k * (2**value_bits - 1) < 2**slot_bits``, no carry ever crosses into the next slot and
-adding packed plaintexts adds every slot at once. Slots fill the low
-``slots_per_plaintext * slot_bits`` bits of a plaintext that stays below
-``2**plaintext_bits`` (one bit less than the Paillier modulus ``n``), so a sum never
-wraps around ``n``.
-
-Unpacking checks what a correct sum must satisfy and raises otherwise, so an overflow or
-a foreign/corrupted ciphertext never decodes to a silently wrong sum:
-
-* no bit above the slots is set (a wrong key or a corrupted ciphertext decrypts to a
-  random integer, which fails this with probability about ``1 - 2**-7`` per ciphertext
-  and fails the slot bound below with near certainty);
-* every slot holds at most ``num_summands * (2**value_bits - 1)``;
-* the unused slots after the last value are zero.
-
-Reference: Zhang et al., "BatchCrypt: Efficient Homomorphic Encryption for
-Cross-Silo Federated Learning", USENIX ATC 2020.
+Each value gets a slot with zero padding that absorbs the carries of up to
+``max_summands`` additions; unpacking checks every bound, so an overflow or a foreign
+ciphertext raises instead of decoding wrongly. BatchCrypt: Zhang et al., USENIX ATC 2020,
+https://www.usenix.org/conference/atc20/presentation/zhang-chengliang. See
+docs/paillier_packing.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """Authenticated symmetric sealing among the holders of one Paillier private key.
 
-Decrypting a Paillier sum costs every client the same (about 2.5 ms per ciphertext on
-one core), so with ``N`` clients a round pays for ``N`` identical decryptions. Instead
-one key holder can decrypt and *seal* the result for the others: the server relays the
-sealed bytes, which it can neither read nor alter undetected.
-
-The sealing key is derived from the private key (HKDF-SHA256 over ``p`` and ``q``, salted
-with the key fingerprint), so every holder of the Paillier private key has it and no one
-else does: no second key to distribute. Sealing is AES-256-GCM (``cryptography``) with a
-fresh random 96-bit nonce per message and caller-supplied associated data that binds the
-sealed bytes to their context (e.g. the proxy indices a consensus refers to).
-
-Wire format: a 1-D ``uint8`` array ``nonce (12 bytes) || ciphertext || tag (16 bytes)``.
+One key holder decrypts a sum and seals it (AES-256-GCM under a key derived from the
+Paillier private key) for the others; the server relays bytes it can neither read nor
+alter undetected. See docs/paillier_packing.md.
 """
 
 from __future__ import annotations

@@ -1,31 +1,8 @@
 """Compact byte serialization of encrypted vectors into ``uint8`` numpy arrays.
 
-A payload is a 1-D ``uint8`` array (fits a Flower ``ArrayRecord``): a fixed header, then
-each ciphertext as a big-endian integer of ``ciphertext_bytes`` bytes (512 for a
-2048-bit key). The header carries what the receiver needs to check and decode it:
-
-========================  ======  =============================================
-field                     type    meaning
-========================  ======  =============================================
-magic                     4s      ``b"FHSS"``
-version                   u8      format version (1)
-key fingerprint           16s     SHA-256 prefix of the public modulus
-ciphertext_bytes          u16     bytes per ciphertext (``2 * ceil(bits / 8)``)
-plaintext_bits            u16     usable plaintext bits (``n.bit_length() - 1``)
-num_ciphertexts           u32     ciphertexts that follow
-num_values                u32     values packed
-num_summands              u32     vectors summed into this payload (1 when fresh)
-max_summands              u32     carry room of the slots
-value_bits                u8      quantization bits
-slot_bits                 u8      bits per slot, padding included
-slots_per_ciphertext      u16     values per ciphertext
-value_min, value_max      f64     clip range (the scale)
-========================  ======  =============================================
-
-Everything is checked on reading: a payload under another key raises
-:class:`.KeyMismatchError`; a truncated, inconsistent or corrupted one (including a
-ciphertext outside ``[1, n**2)`` or sharing a factor with ``n``) raises
-:class:`.MalformedPayloadError`.
+A payload is a fixed header (key fingerprint, layout, summand count) followed by the
+ciphertexts as big-endian integers; everything is checked on reading. Wire format:
+docs/paillier_packing.md.
 """
 
 from __future__ import annotations

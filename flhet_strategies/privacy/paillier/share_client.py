@@ -1,8 +1,8 @@
 """A key holder's common steps in an integer secure sum: key check, randomness, decrypt, encrypt.
 
 :class:`ShareClient` is the base of :class:`.model_client.ModelSumClient` (secure FedAvg)
-and :class:`flhet_strategies.core.secure_consensus_client.ConsensusSumClient` (secure
-consensus). Both take a spec with ``key_fingerprint``, ``codec(public_key, randomness)``
+and :class:`.sum_client.SumClient` (secure weighted sums, e.g. the consensus). Both take
+a spec with ``key_fingerprint``, ``codec(public_key, randomness)``
 (:class:`.integers.IntegerSumSpec`), ``check_sum_layout`` and ``decode``; what they encode
 and decode differs, the Paillier plumbing does not. No Flower import.
 """

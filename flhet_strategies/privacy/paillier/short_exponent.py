@@ -1,26 +1,8 @@
 """Damgard-Jurik-Nielsen short-exponent obfuscators with a fixed-base table.
 
-A Paillier ciphertext ``c = (1 + n*m) * r**n mod n**2`` spends nearly all of its cost on
-the obfuscator ``r**n`` (a 2048-bit exponent). Damgard, Jurik and Nielsen (DJN, "A
-generalization of Paillier's public-key system with applications to electronic
-voting", Int. J. Inf. Sec. 2010, section 4.2) replace it by ``h**x mod n**2`` where
-``h = y**n mod n**2`` is a fixed random n-th residue and ``x`` a fresh random exponent
-of about twice the security level in bits (448 bits for 2048-bit keys, as Intel's IPCL
-does). Since ``h**x = (y**x)**n`` is still an n-th residue, the ciphertext is an
-ordinary Paillier ciphertext: ``phe`` and :class:`.KeyHolder` decrypt it unchanged.
-
-Because the base is fixed, ``h**x`` is computed with a fixed-base windowed table
-(``h**(d * 2**(w*k))`` for every ``w``-bit digit ``d`` and position ``k``): one
-multiplication per non-zero digit of ``x``, at most 56 for ``w = 8``, instead of the 448
-squarings of a plain modular exponentiation. Measured on one core (2048-bit key):
-``r**n`` about 9 ms, ``h**x`` by ``powmod`` about 2 ms, by the table 0.37 ms (``w = 8``;
-0.47 ms with ``w = 6``).
-
-Security note: hiding rests on DJN's assumption that ``h**x`` with a short ``x`` is
-indistinguishable from a uniformly random n-th residue (the same assumption as IPCL's
-"DJN" mode), not only on the decisional composite residuosity assumption of plain
-Paillier. Every encryptor draws its own ``y``; nothing about ``h`` needs to be shared
-and the key holder does not need it.
+DJN (Int. J. Inf. Sec. 2010, section 4.2) replaces the obfuscator ``r**n`` by ``h**x``
+with a fixed n-th residue ``h`` and a short random ``x``, computed from a fixed-base
+windowed table. See docs/paillier_packing.md (also for the security assumption).
 """
 
 from __future__ import annotations
@@ -37,7 +19,7 @@ DEFAULT_EXPONENT_BITS = 448
 
 DEFAULT_WINDOW = 8
 """Digit width of the fixed-base table: 56 rows of 256 entries (about 7 MB for 2048 bits,
-built once per process in about 0.1 s)."""
+built once per process)."""
 
 _TABLES: dict[tuple[int, int, int, int], list] = {}
 """Per-process cache of fixed-base tables, so worker processes build each table once."""

@@ -165,7 +165,7 @@ class SecureSumSpec(JsonSpec, IntegerSumSpec):
         """Integers per share: every term's weighted levels and weights."""
         return int(sum(t.size + t.weight_size for t in self.sum_layout.terms))
 
-    def step(self, term: SumTerm) -> float:
+    def term_step(self, term: SumTerm) -> float:
         """Quantization step of ``term``: ``(hi - lo) / L``."""
         return (term.high - term.low) / self.levels
 
@@ -274,7 +274,7 @@ class SecureSumSpec(JsonSpec, IntegerSumSpec):
                 raise SecureSumOverflowError(
                     f"a decrypted level sum of {term.name!r} exceeds the top level times its "
                     "weight total: a share was out of range or the sum is corrupted")
-            nums[term.name] = term.low * term.broadcast(votes) + self.step(term) * levels
+            nums[term.name] = term.low * term.broadcast(votes) + self.term_step(term) * levels
             dens[term.name] = votes
         return WeightedSums(nums, dens, int(num_summands))
 
@@ -286,7 +286,7 @@ class SecureSumSpec(JsonSpec, IntegerSumSpec):
         units (``vote_unit > 1``) plus ``(hi - lo) k / V`` for ``k`` summands and weight
         total ``V`` (the shift of the weights by rounding them, ``|v - w/u| <= 1``).
         """
-        bound = np.full(term.weight_size, self.step(term) / 2.0)
+        bound = np.full(term.weight_size, self.term_step(term) / 2.0)
         if self.vote_unit > 1:
             den = np.asarray(denominators, dtype=np.float64)
             bound += np.divide((term.high - term.low) * num_summands, den,
