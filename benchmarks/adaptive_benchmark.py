@@ -1,28 +1,10 @@
 """Rounds to target accuracy: adaptive vs unadapted aggregation weights, in one run.
 
-Runs the same experiment twice in Flower's simulation engine (Ray), per seed:
-
-1. **unadapted**: the configured strategy (:func:`simulations.experiment.build_strategy`),
-   its weight function wrapped in an audit-only
-   :class:`~flhet_strategies.weighting.adaptive.AdaptiveWeighting` (the
-   stability of every client is measured and reported, the weights are unchanged);
-2. **adaptive**: the same strategy with the weight function wrapped in
-   :class:`~flhet_strategies.weighting.adaptive.AdaptiveWeighting`, i.e. each
-   client's weight scaled by the test-retest reliability of its predictions.
-
-It prints the per-round mean global-test accuracy of both (and the same mean without
-free-riders, whose random predictions score chance in both runs), the rounds each
-needs to reach the target (``--target-fraction`` of the unadapted run's final global
-accuracy, or ``--target-accuracy``) and their ratio, and writes everything as JSON to
-``--out`` (a ``.json`` path, or a folder that receives ``adaptive_results.json``).
-
-Default: ``simulations/configs/fmnist_free_rider.toml`` with ``num_rounds=12`` and
-contributions off (sample-count weights), as ``--set`` overrides would give; with
-``--config`` no default override applies. Examples::
-
-    python benchmarks/adaptive_benchmark.py --out outputs/adaptive_fmnist
-    python benchmarks/adaptive_benchmark.py --config simulations/configs/digits_free_rider.toml \\
-        --set num_rounds=20 --seeds 0,1,2 --out outputs/adaptive_digits
+Runs the same experiment per seed with audit-only and with active
+:class:`~flhet_strategies.weighting.adaptive.AdaptiveWeighting` and compares the rounds
+each needs to a target global accuracy, e.g.
+``python benchmarks/adaptive_benchmark.py --out outputs/adaptive_fmnist``. See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """Bytes per round: full model weights (FedAvg) vs logit-consensus distillation.
 
-For Fashion-MNIST shapes (1x28x28, 10 classes) and CIFAR-10 shapes (3x32x32, 10 classes)
-and every architecture of the model zoo, prints
-
-* the number of parameters;
-* the bytes one client moves per round under FedAvg: its full weights down and up,
-  measured as the serialized size of a real Flower ``ArrayRecord(model.state_dict())``
-  (so batch-norm buffers and the npy headers count, as on the wire);
-* the bytes one client moves per round under flhet's logit-consensus distillation:
-  down, the ``ArrayRecord`` of a real :class:`RoundPlan` (proxy indices + the previous
-  round's consensus) taken from a :class:`ConsensusDistillation` after one aggregated
-  round; up, the ``ArrayRecord`` of the client reply (``logits`` + ``class_counts``);
-* the ratio weights / distillation bytes.
-
-Nothing is trained and no data is loaded; only model construction takes time. Run
-``python benchmarks/communication_benchmark.py [--proxy-per-round N] [--logits-dtype float16]``.
+For every zoo architecture on Fashion-MNIST and CIFAR-10 shapes, prints the serialized
+Flower bytes one client moves per round under each, and their ratio; nothing is trained.
+Run ``python benchmarks/communication_benchmark.py``. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -173,7 +161,7 @@ def measure_distillation_bytes(
     num_proxy: int,
     logit_dtype: type[np.floating] = np.float32,
 ) -> DistillationBytes:
-    """Serialized Flower bytes of one client's distillation round (see module docstring).
+    """Serialized Flower bytes of one client's distillation round (see docs/benchmarks.md).
 
     Parameters
     ----------

@@ -1,18 +1,8 @@
 """Benchmark of the packed Paillier secure sum against one value per phe ciphertext.
 
-Prints, from one run on one 2048-bit key:
-
-* values/second of phe encrypting one float per ciphertext vs the packed codec
-  (8-bit probabilities, carry room for ``--clients`` summands), and their ratio;
-* bytes per value of the serialized payload vs float32 (4 bytes);
-* packed encryption throughput without and with the precomputed randomness pool, and
-  with 1 vs 2 worker processes (pool fill rates too);
-* server-side addition and key-holder decryption throughput, and the error of the
-  decrypted sum against its quantization bound.
-
-Run ``python benchmarks/paillier_benchmark.py --quick`` (well under a minute on two
-cores) or without ``--quick`` for larger vectors. Timings on a shared machine are noisy;
-the ratios are measured in the same run.
+Prints throughput and bytes per value of both, the randomness pool's effect, and the
+server-side addition and decryption throughput, all from one run on one 2048-bit key.
+Run ``python benchmarks/paillier_benchmark.py --quick``. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -77,6 +67,7 @@ def bytes_per_value(holder: KeyHolder, num_values: int, clients: int, value_rang
 
 
 def main() -> None:
+    """Parse the arguments, run every measurement on one key and print the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument("--clients", type=int, default=10, help="max summands (clients)")

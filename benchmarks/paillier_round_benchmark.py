@@ -1,28 +1,8 @@
 """End-to-end round time of logit-consensus distillation with vs without Paillier, in one run.
 
-Runs the same federation twice in Flower's simulation engine (Ray), same data, models,
-seeds and recipe:
-
-* **plaintext** -- :class:`~flhet_strategies.message_api.FedConsensus`: clients send
-  float32 logits and label histograms, the server forms the DS-FL consensus;
-* **paillier** -- ``SecureConsensus(FedConsensus(...), public_key)`` with
-  :class:`~clients.mods.paillier_consensus.PaillierConsensusMod` on the clients: shares
-  are encrypted under a 2048-bit key from a key dealer, the server multiplies
-  ciphertexts; before each round one client decrypts the sum and seals the consensus
-  for the others (``--decryption every_client``: every client decrypts it).
-
-It prints the seconds of every round (from the strategy's history: configure, train,
-aggregate, evaluate), their means over the rounds after the first (round 1 has no
-consensus to decrypt), the ratio paillier / plaintext, the wall time of
-``strategy.start``, bytes per round, the final accuracies of both runs and their
-difference (they must agree within 1 point), and the per-client cost of one encryption
-and one decryption for this setting, measured in this process.
-
-Default: Fashion-MNIST, 10 clients (5 small CNNs, 5 MLPs), Dirichlet(0.1), 2,000 proxy
-samples a round, 5 rounds, 2 CPUs (a few minutes on two cores). ``--quick``: digits,
-4 clients, 3 rounds (about a minute). Timings on a shared machine are noisy; the ratio
-is measured in the same run. ``--repeats 2`` runs plaintext, paillier, paillier,
-plaintext (ABBA) to cancel drift.
+Runs the same federation in Flower's simulation engine in plaintext and through a
+Paillier secure sum, and prints round times, their ratio, bytes per round and the final
+accuracies of both. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -35,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.client_app import distillation_client_app
-from clients.mods.paillier_consensus import PaillierConsensusMod
-from clients.state import client_id_from_context
+from clients.faces.client_app import flhet_client_app
+from clients.faces.state import client_id_from_context
+from clients.mods import PaillierMod
+from flhet_strategies import wire
+from flhet_strategies.aggregation.weighted_sum import client_weights
+from flhet_strategies.algorithms.consensus import SUM_RULE
 from flhet_strategies.privacy.paillier import (
     CiphertextAggregator,
     EncryptedVector,
@@ -48,15 +31,15 @@ from flhet_strategies.privacy.paillier import (
     load_key_holder,
     load_public_key,
 )
-from flhet_strategies.message_api import FedConsensus
-from flhet_strategies.secure_consensus_strategy import DECRYPTION_MODES, SecureConsensus
+from flhet_strategies.privacy.paillier.secure_sum import DECRYPTION_MODES
+from flhet_strategies.strategies import FedConsensus, SecureConsensus
 from simulations.config import ExperimentConfig, from_dict
 from simulations.experiment import backend_config, build_client, build_split
 
 
 def experiment(quick: bool, rounds: int | None, clients: int | None,
                proxy_per_round: int | None) -> ExperimentConfig:
-    """The benchmark's federation (see the module docstring)."""
+    """The benchmark's federation (see docs/benchmarks.md)."""
     if quick:
         num_clients = clients or 4
         data = {"dataset": "digits", "num_clients": num_clients,
@@ -104,7 +87,7 @@ def run_federation(cfg: ExperimentConfig, key_dir: Path | None, secure_options: 
         max_examples = max(len(client.train) for client in split.clients)
         strategy = SecureConsensus(inner, load_public_key(key_dir / "paillier_public.bin"),
                                    max_examples=max_examples, **secure_options)
-        mods = [PaillierConsensusMod(key_dir / "paillier_private.json")]
+        mods = [PaillierMod(key_dir / "paillier_private.json")]
     timing: dict = {}
     server_app = ServerApp()
 
@@ -120,7 +103,7 @@ def run_federation(cfg: ExperimentConfig, key_dir: Path | None, secure_options: 
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(server_app=server_app,
-                   client_app=distillation_client_app(factory, mods=mods),
+                   client_app=flhet_client_app(factory, mods=mods),
                    num_supernodes=cfg.data.num_clients, backend_config=backend_config(cfg))
     return {"history": strategy.history, **timing}
 
@@ -135,11 +118,15 @@ def crypto_costs(key_dir: Path, cfg: ExperimentConfig, secure_options: dict) -> 
     strategy = SecureConsensus(inner, holder.public_key,
                                max_examples=max(len(c.train) for c in split.clients),
                                **secure_options)
-    spec = strategy.spec(1, cfg.data.num_clients)
+    spec = strategy.algorithm.spec(1, cfg.data.num_clients)
+    layout = spec.sum_layout
+    rows, classes = layout.terms[0].shape
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(spec.num_samples, spec.num_classes)).astype(np.float32)
-    counts = np.full(spec.num_classes, 50)
-    vector = spec.encode(logits, counts, int(counts.sum()))
+    logits = rng.normal(size=(rows, classes)).astype(np.float32)
+    counts = np.full(classes, 50)
+    values = SUM_RULE.terms(layout, {wire.LOGITS: logits}, {})
+    weights = {t.name: client_weights(layout, t, counts, int(counts.sum())) for t in layout.terms}
+    vector, _ = spec.encode(values, weights)
     value_range = (0.0, float((1 << spec.value_bits) - 1))
     costs = {"ciphertexts": spec.layout(holder.public_key.n.bit_length() - 1).num_ciphertexts,
              "values": spec.num_values, "value_bits": spec.value_bits}
@@ -161,7 +148,7 @@ def crypto_costs(key_dir: Path, cfg: ExperimentConfig, secure_options: dict) -> 
         spec.decode(holder.decrypt_sum(received, workers=workers), received.num_summands)
         costs[f"decrypt_and_decode_{workers}"] = time.perf_counter() - start
     costs["share_bytes"] = share.nbytes
-    costs["float32_bytes"] = spec.num_samples * spec.num_classes * 4 + spec.num_classes * 8
+    costs["float32_bytes"] = rows * classes * 4 + classes * 8
     return costs
 
 

@@ -1,22 +1,8 @@
 """Benchmark of the Shapley estimators on a synthetic non-IID logit-consensus game.
 
-Run ``python benchmarks/shapley_benchmark.py`` (a few minutes on one core) or
-``python benchmarks/shapley_benchmark.py --quick`` (under a minute). It prints,
-in one run:
-
-1. exact Shapley time for 10 clients on the logit utility (target: <= 0.1 s);
-2. for 50 clients, 2,000 validation samples, 10 classes, per-class-weighted
-   consensus: a high-budget reference (antithetic permutation sampling for a
-   fixed wall-clock time), then each estimator's CPU time, evaluations,
-   cosine and Spearman against it at each budget, mean over seeds (targets:
-   cosine >= 0.98 and Spearman >= 0.97 with <= 2,000 evaluations; aim 0.97 /
-   0.95 at 1,000), and the "score each client alone" baseline.
-
-shapiq estimators are added when ``shapiq`` is importable (it needs Python
->= 3.12; it is not a dependency of flhet). To compare, run this script with a
-throwaway interpreter that has shapiq, with the repository on ``PYTHONPATH``:
-``PYTHONPATH=. /tmp/shapiq-venv/bin/python benchmarks/shapley_benchmark.py``.
-Everything runs single-threaded (BLAS threads pinned to 1).
+Prints exact Shapley time for 10 clients, then each estimator's time, evaluations and
+agreement (cosine, Spearman) with a high-budget reference for 50 clients. Run
+``python benchmarks/shapley_benchmark.py [--quick]``. See docs/benchmarks.md.
 """
 
 from __future__ import annotations

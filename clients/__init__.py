@@ -1,16 +1,10 @@
 """flhet clients: wrap any model and its data for model-heterogeneous FL.
 
-- :class:`FederatedClient` -- a learner, its data and its state (``DistillationClient``
-  is its earlier name).
-- :class:`TorchLearner`, :class:`SklearnLearner` -- adapters for PyTorch and
-  scikit-learn models (implement :class:`Learner` for anything else).
-- :func:`flhet_client_app` -- one Message-API ``ClientApp`` for every flhet strategy
-  (``distillation_client_app`` is its earlier name); :class:`FlhetNumPyClient` -- the
-  compat ``NumPyClient`` (``DistillationNumPyClient``).
-- Privacy steps on both faces: :class:`PaillierMod` / :class:`SecureSumNumPyClient`
-  (secure sum), :class:`DpNoiseMod` / :class:`DpNoiseNumPyClient` (distributed DP), and
-  for Flower's own FedAvg :class:`PaillierFedAvgMod` / :class:`PaillierNumPyClient`,
-  :class:`DpUpdateNoiseMod` / :class:`DpUpdateNumPyClient`.
+:class:`FederatedClient` (a learner, its data and its state), the learners
+:class:`TorchLearner` and :class:`SklearnLearner`, one client face per Flower API
+(:func:`flhet_client_app`, :class:`FlhetNumPyClient`) and the privacy steps on both
+faces. Earlier names (``DistillationClient``, ...) remain as aliases. See
+docs/architecture.md.
 """
 
 from importlib import import_module

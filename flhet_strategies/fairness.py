@@ -1,14 +1,8 @@
 """Fairness of a federation's outcome across clients (pure numpy).
 
-* :func:`accuracy_fairness`: spread of per-client accuracy: standard deviation,
-  minimum, mean of the worst 10% of clients and Jain's fairness index
-  (Jain, Chiu and Hawe, 1984: ``(sum x)^2 / (n sum x^2)``, 1 when all clients are
-  equal, ``1/n`` when one client has everything).
-* :func:`contribution_gain_correlation`: do clients that contributed more gain
-  more? Pearson and Spearman correlation between each client's cumulative
-  contribution and its accuracy gain over training alone.
-* :func:`fairness_summary`: both, from a round's per-client evaluation metrics
-  (own test split and global test set), as written to ``results.json``.
+:func:`accuracy_fairness` (spread, minimum, worst-10% mean, Jain's index),
+:func:`contribution_gain_correlation` (do clients that contributed more gain more?) and
+:func:`fairness_summary` (both, as written to ``results.json``). See docs/contribution.md.
 """
 
 from __future__ import annotations

@@ -341,7 +341,7 @@ class SecureConsensus(_Secured, MessageStrategy):
 class SecureConsensusCompat(_Secured, CompatStrategy):
     """:class:`SecureConsensus` for the compat API: wraps a compat flhet strategy.
 
-    Same parameters; clients are wrapped in :class:`clients.mods.SecureSumNumPyClient`.
+    Same parameters; clients are wrapped in :class:`clients.SecureSumNumPyClient`.
     """
 
     face_type = CompatStrategy

@@ -1,24 +1,9 @@
 """The runs an experiment consists of, and its results from the finished runs.
 
 An experiment is the configured strategy plus the baselines its config asks for, each a
-*phase* with its own name (sent as ``flhet-phase``, so clients keep one model per
-phase and one federation can host them all):
-
-========================== ==================================================== =====================
-phase                      what runs                                            in ``results.json``
-========================== ==================================================== =====================
-``main``                   the configured strategy                              ``history``, ``final``
-``local_only``             same clients and epochs, ``kd_weight = 0``, no DP    ``baselines.local_only``
-``sample_count_weighting`` ``[contribution]`` run with sample-count weights     ``baselines.sample_count_weighting``
-``no_dp``                  ``[dp]`` run without DP                              ``baselines.no_dp``
-``plaintext``              ``[paillier]`` run without encryption                ``baselines.plaintext``
-``unadapted``              ``[adaptive]`` run without adaptation                ``baselines.unadapted``
-========================== ==================================================== =====================
-
-:func:`experiment_phases` lists them; :func:`results_from_phases` turns the finished
-strategies into the ``results.json`` content. Both ways of running an experiment use
-them: ``flhet-sim`` (one Flower simulation per phase, :mod:`simulations.runner`) and the
-Flower App (all phases on one grid, :mod:`simulations.flower_app.server_app`).
+*phase* with its own name (sent as ``flhet-phase``): :func:`experiment_phases` lists
+them, :func:`results_from_phases` turns the finished strategies into the
+``results.json`` content. The phase table: docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -92,7 +77,7 @@ class Phase:
 
 
 def experiment_phases(cfg: ExperimentConfig) -> list[Phase]:
-    """The phases ``cfg`` asks for, main run first (see the module table)."""
+    """The phases ``cfg`` asks for, main run first (see docs/experiments.md)."""
     plain = without_privacy(cfg)
     phases = [Phase(MAIN_PHASE, cfg), Phase(LOCAL_ONLY_PHASE, plain, local_only=True)]
     c = cfg.contribution

@@ -198,3 +198,10 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ContributionWeighting(args.pop("validation_indices"), args.pop("validation_labels"),
                               **args)
+
+
+def test_mix_weights_sum_to_one_even_for_denormal_scores():
+    """A score of 5e-324 (the smallest float): 0.5 * 5e-324 underflows to 0 if the mix is
+    applied before normalising (a case hypothesis found)."""
+    weights = mix_weights(np.array([5e-324, 0.0]), np.array([1.0, 3.0]), 0.5)
+    np.testing.assert_allclose(weights, [0.5 + 0.125, 0.375])

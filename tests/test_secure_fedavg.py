@@ -35,14 +35,11 @@ from flhet_strategies.privacy.paillier import (
 )
 from flhet_strategies.privacy.paillier.model_client import ModelSumClient
 from flhet_strategies.privacy.paillier.model_server import ModelSumServer
-from flhet_strategies.privacy.paillier.model_updates import (
-    CLIPPED_METRIC,
-    ENCRYPTED_SUM_ARRAY,
-    SecureModelSpec,
-)
+from flhet_strategies.privacy.paillier.model_updates import SecureModelSpec
 from flhet_strategies.faces.records import arrays_to_record
 from flhet_strategies.privacy.paillier.fedavg import SecureFedAvg
 from flhet_strategies.privacy.paillier.fedavg import SecureFedAvgCompat
+from flhet_strategies import wire
 from key_audit import assert_holds_no_private_key
 
 MODEL = {"conv": np.zeros((4, 3, 5), np.float32), "bias": np.zeros(7, np.float64),
@@ -307,7 +304,7 @@ def test_wrapper_and_mod_in_process_reject_plaintext_and_foreign_keys(
     final = decrypt_model_record(result.arrays, strategy.spec(), holder).to_numpy_ndarrays()
     np.testing.assert_allclose(final[0], (11 * (expected + 0.1) + 13 * (expected + 0.3)) / 24,
                                atol=2 * strategy.spec().step)
-    assert result.train_metrics_clientapp[2][CLIPPED_METRIC] == 0.0
+    assert result.train_metrics_clientapp[2][wire.CLIPPED_METRIC] == 0.0
     # A client with another key refuses the round (its mod errors); one without a spec
     # would send plaintext weights, so the mod refuses that too.
     foreign = {**apps, 13: _echo_app([PaillierFedAvgMod(key_holder=other_holder)], 0.9, [])}
@@ -451,7 +448,7 @@ def test_message_api_secure_fedavg_matches_plain_fedavg_in_simulation(keys) -> N
     plain = sink["plain"].arrays.to_numpy_ndarrays()
     np.testing.assert_allclose(plain[0], reference_fedavg()[0], atol=1e-5)
     result = sink["secure"]
-    assert list(result.arrays.keys()) == [ENCRYPTED_SUM_ARRAY]   # the server holds ciphertexts
+    assert list(result.arrays.keys()) == [wire.FEDAVG_SUM]   # the server holds ciphertexts
     spec = secure.spec(len(SIZES))
     final = decrypt_model_record(result.arrays, spec, holder).to_numpy_ndarrays()
     check_against_plain(final, plain, spec)
@@ -459,7 +456,7 @@ def test_message_api_secure_fedavg_matches_plain_fedavg_in_simulation(keys) -> N
     for rnd in range(1, ROUNDS + 1):
         assert result.evaluate_metrics_clientapp[rnd]["accuracy"] == pytest.approx(
             sink["plain"].evaluate_metrics_clientapp[rnd]["accuracy"], abs=0.01)
-        assert result.train_metrics_clientapp[rnd][CLIPPED_METRIC] == 0.0
+        assert result.train_metrics_clientapp[rnd][wire.CLIPPED_METRIC] == 0.0
     share_bytes = spec.layout(2047).num_ciphertexts * 512
     history = secure.history
     assert [h["round"] for h in history] == [1, 2]
@@ -520,7 +517,7 @@ def test_compat_api_secure_fedavg_matches_plain_fedavg_in_simulation(keys) -> No
     print(f"compat simulation: {time.perf_counter() - start:.1f} s")
 
     spec = strategy.spec(len(SIZES))
-    record = arrays_to_record({ENCRYPTED_SUM_ARRAY: strategy.encrypted_model})
+    record = arrays_to_record({wire.FEDAVG_SUM: strategy.encrypted_model})
     final = decrypt_model_record(record, spec, holder).to_numpy_ndarrays()
     reference = reference_fedavg()
     check_against_plain(final, reference, spec)

@@ -1,31 +1,8 @@
 """Distributed DP for FedAvg model updates, client side of both faces (the user's own app).
 
-:class:`DpUpdateNoiseMod` (Message API; :class:`DpUpdateNumPyClient` for the compat API)
-makes a ``TRAIN`` reply leave the client as the received model
-plus the clipped update plus this client's share of the Gaussian noise,
-``N(0, (z S)^2 / m)`` per entry (:func:`flhet_strategies.privacy.dp.noise_share.privatize_update`).
-The sum of the ``m`` replies of a round then carries ``N(0, (z S)^2)``: the server
-(:class:`flhet_strategies.privacy.dp.fedavg.DpFedAvg` with ``clipping="distributed"``) adds no
-noise and only averages. It sends ``z``, ``S`` and the round's cohort size ``m`` in the
-train config (keys ``dp-noise-multiplier``, ``dp-clip-norm``, ``dp-num-clients``); the
-mod's construction arguments are fallbacks for keys the server did not send.
-
-The guarantee at ``z`` holds for whoever sees only the aggregate; a server that reads
-single replies sees each with noise multiplier ``z / sqrt(m)`` (use secure aggregation,
-or ``m = 1`` for local DP).
-
-Messages follow Flower's FedAvg layout, as for Flower's ``fixedclipping_mod``: exactly
-one ``ArrayRecord`` in the train message and in the reply, with the same array names.
-
-Mod order
----------
-The mod clips the update itself: do **not** add Flower's ``fixedclipping_mod`` (it needs
-the ``clipping_norm`` key of Flower's client-side wrapper, and outside this mod it would
-rescale the noise). Mods that change the trained parameters (compression, ...) go
-*after* it in ``ClientApp(mods=[...])`` so they act before the noise is added; mods that
-only transport the noisy reply (encryption) go *before* it::
-
-    app = ClientApp(mods=[DpUpdateNoiseMod()])
+:class:`DpUpdateNoiseMod` (Message API) and :class:`DpUpdateNumPyClient` (compat) send the
+received model plus the clipped update plus this client's noise share. Do not add
+Flower's ``fixedclipping_mod``: the step clips. See docs/privacy_fedavg.md.
 """
 
 from __future__ import annotations

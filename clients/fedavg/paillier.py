@@ -1,36 +1,8 @@
 """FedAvg through a Paillier secure sum, client side of both faces (the user's own app).
 
-:class:`PaillierFedAvgMod` is the client half of
-:class:`~flhet_strategies.privacy.paillier.fedavg.SecureFedAvg`; it wraps any Message-API
-``ClientApp`` that trains FedAvg-style (``arrays`` in, ``arrays`` + ``num-examples``
-out), e.g. ``ClientApp(mods=[PaillierFedAvgMod(key_path)])``.
-
-1. On a ``TRAIN`` or ``EVALUATE`` message it reads the round's spec from the config
-   (``"secure-fedavg-spec"``), checks that the server asks for this client's key, and
-   (for ``TRAIN``) starts computing the Paillier randomness of its reply in background
-   threads, which run while the app trains.
-2. If the arrays are the encrypted sum (array ``"secure-fedavg-sum"``), it decrypts it
-   and puts the global model (weighted sum / total weight, in the spec's names, shapes
-   and dtypes) where the app expects its ``ArrayRecord``. In round 1 the arrays are the
-   public initial model and pass unchanged (after a structure check).
-3. On the app's train reply it replaces the arrays by the encrypted share (one ``uint8``
-   array ``"secure-fedavg-share"``): the trained **weights** (not the difference to the
-   received model; see :mod:`flhet_strategies.privacy.paillier.fedavg` for why), clipped to the
-   spec's bound, quantized, multiplied by the client's integer weight (the reply's
-   ``num-examples``) and packed; metric ``"secure-clipped-values"`` reports how many
-   values were clipped. Evaluation replies lose any ``ArrayRecord`` (only metrics go
-   back).
-
-A sum that does not decrypt (foreign key, malformed, overflow) cannot be trained on, so
-the mod answers with an error (``MOD_FAILED_PRECONDITION``) and the server counts the
-node as failed. Without a spec in a train message the mod refuses too, instead of letting
-plaintext weights leave the client; ``plaintext_phases`` names phases (train config
-``"flhet-phase"``) allowed in clear, and ``require_secure=False`` lets every such message
-through.
-
-Keys come from a key dealer's file (``key_path`` or the node/run config
-``"paillier-key-path"``), never from the server; keys and randomness pools are cached per
-process (:mod:`flhet_strategies.privacy.paillier.client_cache`).
+:class:`PaillierFedAvgMod` (Message API) and :class:`PaillierNumPyClient` (compat) decrypt
+the global model the server relays, let the app train on it and replace its reply by
+one encrypted share of its weights. See docs/privacy_fedavg.md.
 """
 
 from __future__ import annotations
@@ -53,16 +25,7 @@ from flwr.common.logger import log
 from flhet_strategies import wire
 from flhet_strategies.privacy.paillier import KeyHolder, SecureSumError
 from flhet_strategies.privacy.paillier.model_client import ModelSumClient
-from flhet_strategies.privacy.paillier.model_updates import (
-    ARRAYS_KEY_CONFIG,
-    CLIPPED_METRIC,
-    ENCRYPTED_FLAG_KEY,
-    ENCRYPTED_SHARE_ARRAY,
-    ENCRYPTED_SUM_ARRAY,
-    SPEC_CONFIG_KEY,
-    WEIGHT_KEY_CONFIG,
-    SecureModelSpec,
-)
+from flhet_strategies.privacy.paillier.model_updates import SecureModelSpec
 from flhet_strategies.faces.records import arrays_to_record, record_to_arrays
 
 from ..faces.steps import error_reply
@@ -132,12 +95,12 @@ class PaillierFedAvgMod(PaillierSettings):
                 return call_next(msg, context)
             return error_reply(
                 msg, "PaillierFedAvgMod: the server did not ask for a secure sum (no "
-                f"'{SPEC_CONFIG_KEY}' in the config); refusing to send plaintext weights "
+                f"'{wire.FEDAVG_SPEC}' in the config); refusing to send plaintext weights "
                 f"(phase {phase!r}). Wrap the server strategy in SecureFedAvg, or list the "
                 "phase in the mod's plaintext_phases.")
-        arrays_key = str(config.get(ARRAYS_KEY_CONFIG, "arrays"))
+        arrays_key = str(config.get(wire.FEDAVG_ARRAYS_KEY, "arrays"))
         try:
-            spec = SecureModelSpec.from_json(str(config[SPEC_CONFIG_KEY]))
+            spec = SecureModelSpec.from_json(str(config[wire.FEDAVG_SPEC]))
             client = self.model_client(context)
             if kind == MessageType.TRAIN:
                 client.prepare(spec)        # randomness computes while the app trains
@@ -153,7 +116,7 @@ class PaillierFedAvgMod(PaillierSettings):
             return reply
         try:
             return self._encrypt_reply(reply, spec, client, arrays_key,
-                                       str(config.get(WEIGHT_KEY_CONFIG, "num-examples")))
+                                       str(config.get(wire.FEDAVG_WEIGHT_KEY, "num-examples")))
         except (ValueError, TypeError, SecureSumError) as error:
             return error_reply(msg, f"PaillierFedAvgMod: {error}")
 
@@ -171,10 +134,10 @@ class PaillierFedAvgMod(PaillierSettings):
         if arrays_key not in records:
             raise ValueError(f"the message has no ArrayRecord '{arrays_key}'")
         record = records[arrays_key]
-        if ENCRYPTED_SUM_ARRAY not in record:
+        if wire.FEDAVG_SUM not in record:
             spec.check_arrays(record_to_arrays(record))   # the public initial model
             return
-        result = client.decrypt(spec, record[ENCRYPTED_SUM_ARRAY].numpy())
+        result = client.decrypt(spec, record[wire.FEDAVG_SUM].numpy())
         msg.content[arrays_key] = arrays_to_record(dict(zip(spec.names, result.arrays)))
         log(INFO, "PaillierFedAvgMod: decrypted the global model of %s clients (bound %.2e)",
             result.num_summands, result.error_bound)
@@ -193,9 +156,9 @@ class PaillierFedAvgMod(PaillierSettings):
         share = client.encrypt(spec, record_to_arrays(records[arrays_key]), weight)
         for name in list(records):
             del reply.content[name]
-        reply.content[arrays_key] = arrays_to_record({ENCRYPTED_SHARE_ARRAY: share.payload})
+        reply.content[arrays_key] = arrays_to_record({wire.FEDAVG_SHARE: share.payload})
         if metrics is not None:
-            metrics[CLIPPED_METRIC] = float(share.num_clipped)
+            metrics[wire.CLIPPED_METRIC] = float(share.num_clipped)
             reply.content[metrics_name] = metrics
         if share.num_clipped:
             log(WARNING, "PaillierFedAvgMod: clipped %s of %s values to +-%s", share.num_clipped,
@@ -232,16 +195,16 @@ def decrypt_model_record(record: ArrayRecord, spec: SecureModelSpec, holder: Key
     KeyMismatchError, MalformedPayloadError, SecureSumOverflowError
         If the sum does not decrypt.
     """
-    if ENCRYPTED_SUM_ARRAY not in record:
-        raise ValueError(f"the record holds no '{ENCRYPTED_SUM_ARRAY}' array: {sorted(record)}")
+    if wire.FEDAVG_SUM not in record:
+        raise ValueError(f"the record holds no '{wire.FEDAVG_SUM}' array: {sorted(record)}")
     client = ModelSumClient(holder, decrypt_workers=workers)
-    result = client.decrypt(spec, record[ENCRYPTED_SUM_ARRAY].numpy())
+    result = client.decrypt(spec, record[wire.FEDAVG_SUM].numpy())
     return arrays_to_record(dict(zip(spec.names, result.arrays)))
 
 
 def _spec_config(msg: Message) -> ConfigRecord | None:
     for record in msg.content.config_records.values():
-        if SPEC_CONFIG_KEY in record:
+        if wire.FEDAVG_SPEC in record:
             return record
     return None
 
@@ -353,7 +316,7 @@ class PaillierNumPyClient(PaillierSettings, NumPyClient):
             if not self.allows_plaintext(phase):
                 raise ValueError(
                     f"PaillierNumPyClient: the server did not ask for a secure sum (no "
-                    f"'{SPEC_CONFIG_KEY}' in the fit config); refusing to send plaintext "
+                    f"'{wire.FEDAVG_SPEC}' in the fit config); refusing to send plaintext "
                     f"weights (phase {phase!r}). Wrap the server strategy in "
                     "SecureFedAvgCompat, or list the phase in plaintext_phases.")
             return self.client.fit(parameters, config)
@@ -366,7 +329,7 @@ class PaillierNumPyClient(PaillierSettings, NumPyClient):
             log(WARNING, "PaillierNumPyClient: clipped %s of %s values to +-%s",
                 share.num_clipped, spec.num_params, spec.clip_bound)
         return [share.payload], num_examples, {**metrics,
-                                               CLIPPED_METRIC: float(share.num_clipped)}
+                                               wire.CLIPPED_METRIC: float(share.num_clipped)}
 
     def evaluate(self, parameters, config):
         """Decrypt the global model and let the wrapped client evaluate it."""
@@ -379,12 +342,12 @@ class PaillierNumPyClient(PaillierSettings, NumPyClient):
 
     @staticmethod
     def _spec(config) -> SecureModelSpec | None:
-        if SPEC_CONFIG_KEY not in config:
+        if wire.FEDAVG_SPEC not in config:
             return None
-        return SecureModelSpec.from_json(str(config[SPEC_CONFIG_KEY]))
+        return SecureModelSpec.from_json(str(config[wire.FEDAVG_SPEC]))
 
     def _global_model(self, spec: SecureModelSpec, parameters, config) -> list[np.ndarray]:
-        if not config.get(ENCRYPTED_FLAG_KEY, False):
+        if not config.get(wire.FEDAVG_ENCRYPTED_FLAG, False):
             return spec.check_arrays(parameters)       # the public initial model
         if len(parameters) != 1:
             raise ValueError(

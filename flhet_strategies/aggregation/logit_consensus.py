@@ -1,15 +1,9 @@
 """Consensus of client predictions on a public proxy set (FedMD, DS-FL).
 
-Pure numpy: no Flower import. Every function takes stacked client logits of shape
-``(num_clients, num_samples, num_classes)`` and returns soft targets of shape
-``(num_samples, num_classes)`` that sum to one per row.
-
-References
-----------
-FedMD: Li & Wang, "FedMD: Heterogenous Federated Learning via Model Distillation", 2019.
-DS-FL: Itahara et al., "Distillation-Based Semi-Supervised Federated Learning for
-Communication-Efficient Collaborative Training With Non-IID Private Data", IEEE TMC 2021
-(entropy reduction aggregation, ERA).
+Pure numpy: stacked client logits ``(num_clients, num_samples, num_classes)`` in, soft
+targets ``(num_samples, num_classes)`` out. FedMD: Li & Wang, 2019,
+https://arxiv.org/abs/1910.03581. DS-FL with entropy reduction aggregation (ERA):
+Itahara et al., IEEE TMC 2021, https://arxiv.org/abs/2008.06180.
 """
 
 from __future__ import annotations

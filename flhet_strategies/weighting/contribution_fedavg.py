@@ -1,17 +1,10 @@
 """Contribution-weighted FedAvg: wrappers around Flower's FedAvg (both APIs).
 
-A wrapper in the style of Flower's ``DifferentialPrivacyServerSideFixedClipping``:
-it values each round's clients by their Shapley values and hands the inner
-strategy the same replies with the aggregation weight replaced, so the inner
-strategy's own averaging does the rest::
-
-    strategy = ContributionWeightedFedAvg(FedAvg(fraction_evaluate=0.0), eval_fn)
-    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)
-    strategy.ledger.total  # client id -> cumulative Shapley value
-
-The valuation is
-:class:`~flhet_strategies.weighting.contribution.weight_average_round.WeightAverageContribution`
-(shared with the compat face, :mod:`flhet_strategies.weighting.contribution_fedavg`).
+:class:`ContributionWeightedFedAvg` (Message API) and
+:class:`ContributionWeightedFedAvgCompat` (compat API) value each round's clients by
+their Shapley values (:class:`~flhet_strategies.weighting.contribution.weight_average_round.WeightAverageContribution`)
+and hand the inner strategy the replies with the aggregation weight replaced. See
+docs/contribution.md.
 """
 
 from __future__ import annotations

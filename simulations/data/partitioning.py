@@ -1,21 +1,7 @@
 """Split a label array among clients with flwr-datasets partitioners.
 
-The labels are wrapped in an in-memory Hugging Face ``datasets.Dataset`` (columns
-``label`` and ``sample_index``) and handed to one of Flower's partitioners:
-
-- ``"iid"``: :class:`flwr_datasets.partitioner.IidPartitioner` on the dataset shuffled
-  with ``seed`` (the partitioner itself takes contiguous shards and has no seed).
-  No parameters.
-- ``"dirichlet"``: :class:`flwr_datasets.partitioner.DirichletPartitioner` by label.
-  Parameters: ``alpha`` (float > 0, required; smaller is more skewed),
-  ``min_partition_size`` (int >= 0, default 10; the partitioner resamples up to 10 times
-  until every client has at least this many samples) and ``self_balancing``
-  (bool, default False).
-- ``"pathological"``: :class:`flwr_datasets.partitioner.PathologicalPartitioner` by label.
-  Parameters: ``num_classes_per_partition`` (int >= 1, required) and
-  ``class_assignment_mode`` (``"first-deterministic"`` by default, the setting of
-  Li et al., "Federated Learning on Non-IID Data Silos", 2022; or ``"random"``,
-  ``"deterministic"``).
+``"iid"``, ``"dirichlet"`` and ``"pathological"`` (:class:`PartitionerSpec` holds the
+name and the full, effective parameters). Parameters and defaults: docs/data.md.
 """
 
 from __future__ import annotations
@@ -51,7 +37,7 @@ class PartitionerSpec:
     name : str
         ``"iid"``, ``"dirichlet"`` or ``"pathological"``.
     params : dict
-        The partitioner's parameters (see the module docstring). Missing optional ones are
+        The partitioner's parameters (see docs/data.md). Missing optional ones are
         filled with their defaults, so ``params`` and :meth:`to_dict` always record the
         full, effective setting.
 

@@ -1,27 +1,9 @@
 """The flhet experiment as a Flower App, run with ``flwr run``.
 
-``simulations/pyproject.toml`` declares this app: its ServerApp
-(:mod:`.server_app`) and ClientApp (:mod:`.client_app`) read the experiment from
-the run config (``[tool.flwr.app.config]``, overridable with ``flwr run -c``):
-
-``config`` : str
-    Experiment TOML (the same files ``flhet-sim`` reads). A relative path is resolved
-    against the app folder (the folder of the app's ``pyproject.toml``; under
-    ``flwr run``, Flower's installed copy of it, which ships ``configs/``).
-``out-dir`` : str
-    Where ``results.json``, ``report.md`` and ``accuracy.png`` go. A relative path is
-    resolved against the folder that holds the ``simulations`` package (the project
-    root of the editable install), never against the working directory, which under
-    ``flwr run`` is whatever folder the local SuperLink was first started from.
-``num-rounds`` : int
-    Overrides the experiment's ``num_rounds``; ``0`` keeps the file's value.
-``overrides`` : str
-    Further overrides in ``flhet-sim --set`` syntax, separated by spaces, e.g.
-    ``"data.private_size=2000 recipe.kd_weight=0.3"`` (values are Python literals,
-    anything else is a string).
-
-This module turns that run config into an :class:`~simulations.config.ExperimentConfig`
-(cached per process: every simulated client of a run reads the same config).
+``simulations/pyproject.toml`` declares the app (:mod:`.server_app`, :mod:`.client_app`);
+this module turns its run config (``config``, ``out-dir``, ``num-rounds``,
+``overrides``) into an :class:`~simulations.config.ExperimentConfig`, cached per
+process. See docs/flower_app.md.
 """
 
 from __future__ import annotations
@@ -150,7 +132,7 @@ def app_settings(run_config: Mapping[str, object]) -> AppSettings:
     Parameters
     ----------
     run_config : Mapping
-        ``context.run_config`` (see the module docstring for the keys).
+        ``context.run_config`` (see docs/flower_app.md for the keys).
 
     Returns
     -------

@@ -1,12 +1,8 @@
 """ServerApp of the flhet Flower App: the experiment and its baselines on one grid.
 
-One federation hosts every phase of the experiment
-(:func:`simulations.phases.experiment_phases`): first the configured strategy, then the
-local-only baseline (``kd_weight=0``) and whatever baselines the config asks for
-(sample-count weighting, no DP), each a strategy under its own phase name, so every
-client starts it from a fresh model with the same seed. Then the results are written
-exactly as ``flhet-sim`` writes them (``results.json``, ``report.md``, ``accuracy.png``,
-``contributions.png``, ``server_state.npz``).
+Every phase of the experiment (:func:`simulations.phases.experiment_phases`) runs on the
+same federation under its own phase name; the results are written exactly as
+``flhet-sim`` writes them. See docs/flower_app.md.
 """
 
 from __future__ import annotations
@@ -31,8 +27,6 @@ from simulations.phases import (
 from simulations.reporting import write_report, write_results_json
 
 from . import AppSettings, app_settings
-
-"""Phase name of the local-only baseline (clients keep a separate model for it)."""
 
 NODE_WAIT_SECONDS = 30.0
 """How long to wait for the experiment's number of nodes before giving up."""

@@ -144,7 +144,8 @@ class RoundBudget:
 
     API-neutral: it holds a :class:`~.accounting.PrivacyLedger` and knows rounds, noise
     multipliers and cohort sizes only, so the DP FedAvg wrappers of both Flower faces
-    and the consensus strategies can share it.
+    and the :class:`~flhet_strategies.privacy.dp.mechanism.DifferentialPrivacy` wrapper
+    of any weighted-sum algorithm can share it.
 
     Parameters
     ----------

@@ -1,46 +1,10 @@
-"""FedAvg through a Paillier secure sum: wrappers around Flower's FedAvg (both APIs).
+"""FedAvg through a Paillier secure sum: wrappers around Flower's own FedAvg (both APIs).
 
-:class:`SecureFedAvg` composes around ``flwr.serverapp.strategy.FedAvg`` the way
-Flower's ``DifferentialPrivacyServerSideFixedClipping(FedAvg(...))`` does. Its clients
-run :class:`clients.mods.paillier_fedavg.PaillierFedAvgMod`. Each round:
-
-1. ``configure_train``: FedAvg samples the nodes and builds its messages around the
-   arrays the server holds: the (public) initial model in round 1, afterwards the
-   *encrypted* weighted sum of the previous round (ArrayRecord with the single array
-   ``"secure-fedavg-sum"``). The wrapper adds the round's
-   :class:`~flhet_strategies.privacy.paillier.model_updates.SecureModelSpec` to the
-   train config (``"secure-fedavg-spec"``): model structure, clip bound, bits, weighting
-   and the key fingerprint.
-2. The clients' mod decrypts the sum into the global model (weighted sum / total
-   weight), the ClientApp trains on it, and the mod replaces the reply's arrays by one
-   encrypted share (``"secure-fedavg-share"``): the client's trained weights, clipped to
-   ``[-clip_bound, clip_bound]``, quantized to ``bits``, multiplied by its integer
-   weight (``num-examples``, or 1), with the weight appended.
-3. ``aggregate_train``: every share must be under the announced key and layout; shares
-   that are missing, malformed, under another key, pre-summed, or that come with
-   plaintext arrays are rejected with a log line. The others are multiplied together
-   (:class:`~flhet_strategies.privacy.paillier.CiphertextAggregator`, public key only).
-   Clients that dropped out are simply not in the sum, whose header counts how many
-   are. The metrics are FedAvg's (``train_metrics_aggr_fn``).
-
-Who decrypts
-------------
-The clients do, when they receive the sum in the next round's (or the evaluation's)
-messages, like ``decryption="every_client"`` of
-:class:`~flhet_strategies.secure_consensus_strategy.SecureConsensus`. The server never
-holds a private key and never holds the plaintext global model after round 1: the
-``arrays`` of :meth:`start`'s result are the *encrypted* final model, which a key holder
-turns into plaintext with :func:`clients.mods.paillier_fedavg.decrypt_model_record`. A
-centralized ``evaluate_fn`` therefore receives the encrypted sum (the initial model at
-round 0); evaluate on the clients instead.
-
-Why weights, not updates: the decrypted sum is then the global model itself, so any key
-holder decrypts it without history, including a client that was not sampled in the
-previous round. A sum of updates would need the previous global model, which an
-unsampled client lacks and the server cannot hold in plaintext. The price is that
-``clip_bound`` bounds the weights (a few units for most models) rather than the
-updates; see the quantization bound in
-:mod:`flhet_strategies.privacy.paillier.model_updates`.
+:class:`SecureFedAvg` (Message API) and :class:`SecureFedAvgCompat` (compat) wrap
+Flower's FedAvg so that the server only multiplies ciphertexts of the clients' weights
+(:class:`~.model_updates.SecureModelSpec`); the clients run
+:class:`clients.fedavg.paillier.PaillierFedAvgMod` / ``PaillierNumPyClient`` and decrypt
+the relayed sum themselves. See docs/privacy_fedavg.md.
 """
 
 from __future__ import annotations
@@ -69,18 +33,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from phe import PaillierPublicKey
 
+from ... import wire
 from ...faces.message import split_failed_replies
 from ...faces.records import record_nbytes, record_to_arrays
 from .model_server import ModelSumServer, RoundOutcome
-from .model_updates import (
-    ARRAYS_KEY_CONFIG,
-    ENCRYPTED_FLAG_KEY,
-    ENCRYPTED_SHARE_ARRAY,
-    ENCRYPTED_SUM_ARRAY,
-    SPEC_CONFIG_KEY,
-    WEIGHT_KEY_CONFIG,
-    SecureModelSpec,
-)
+from .model_updates import SecureModelSpec
 
 
 class SecureFedAvgRounds:
@@ -308,7 +265,7 @@ class SecureFedAvg(SecureFedAvgRounds, Strategy):
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages
-        initial = None if ENCRYPTED_SUM_ARRAY in arrays else record_to_arrays(arrays)
+        initial = None if wire.FEDAVG_SUM in arrays else record_to_arrays(arrays)
         spec = self._open_round(server_round, len(messages), record_nbytes(arrays), initial)
         self._attach_spec(messages, spec)
         return messages
@@ -341,7 +298,7 @@ class SecureFedAvg(SecureFedAvgRounds, Strategy):
             if reason is not None:
                 rejected[node] = reason
                 continue
-            shares.append((node, records[key][ENCRYPTED_SHARE_ARRAY].numpy()))
+            shares.append((node, records[key][wire.FEDAVG_SHARE].numpy()))
             contents[node] = msg.content
         shares.sort(key=lambda share: int(share[0]))
         outcome = self._sum_shares(server_round, spec, shares, rejected, "node")
@@ -360,7 +317,7 @@ class SecureFedAvg(SecureFedAvgRounds, Strategy):
         self._encrypted = encrypted_sum
         log(INFO, "round %s: encrypted model sum of %s clients (%.1f KiB)", server_round,
             len(outcome.accepted), outcome.encrypted_sum.nbytes / 1024)
-        return ArrayRecord({ENCRYPTED_SUM_ARRAY: Array(outcome.encrypted_sum)}), metrics
+        return ArrayRecord({wire.FEDAVG_SUM: Array(outcome.encrypted_sum)}), metrics
 
     # ------------------------------------------------------------------ evaluation
 
@@ -385,9 +342,9 @@ class SecureFedAvg(SecureFedAvgRounds, Strategy):
         spec_json = spec.to_json()
         for msg in messages:
             config = msg.content.config_records[self.strategy.configrecord_key]
-            config[SPEC_CONFIG_KEY] = spec_json
-            config[ARRAYS_KEY_CONFIG] = self.strategy.arrayrecord_key
-            config[WEIGHT_KEY_CONFIG] = self.strategy.weighted_by_key
+            config[wire.FEDAVG_SPEC] = spec_json
+            config[wire.FEDAVG_ARRAYS_KEY] = self.strategy.arrayrecord_key
+            config[wire.FEDAVG_WEIGHT_KEY] = self.strategy.weighted_by_key
 
 
 def _share_problem(msg: Message, key: str, weight_key: str) -> str | None:
@@ -396,7 +353,7 @@ def _share_problem(msg: Message, key: str, weight_key: str) -> str | None:
     if key not in records:
         return f"the reply has no ArrayRecord '{key}'; found {sorted(records)}"
     names = set(records[key].keys())
-    if names != {ENCRYPTED_SHARE_ARRAY} or len(records) != 1:
+    if names != {wire.FEDAVG_SHARE} or len(records) != 1:
         return ("the reply carries plaintext arrays (discarded, never aggregated) or more "
                 f"than the share: {sorted(names)} in {sorted(records)}; the client does not "
                 "run PaillierFedAvgMod")
@@ -469,8 +426,8 @@ class SecureFedAvgCompat(SecureFedAvgRounds, compat.Strategy):
             parameters is self._encrypted or parameters.tensors == self._encrypted.tensors)
 
     def _with_spec(self, parameters: Parameters, config: dict, spec: SecureModelSpec) -> dict:
-        return {**config, SPEC_CONFIG_KEY: spec.to_json(),
-                ENCRYPTED_FLAG_KEY: self._is_encrypted(parameters)}
+        return {**config, wire.FEDAVG_SPEC: spec.to_json(),
+                wire.FEDAVG_ENCRYPTED_FLAG: self._is_encrypted(parameters)}
 
     # ------------------------------------------------------------------ training
 

@@ -30,41 +30,6 @@ def round_half_up(values: np.ndarray, unit: int) -> np.ndarray:
     return (values + unit // 2) // unit if unit > 1 else values
 
 
-def offset_levels(values: np.ndarray, bound: float, levels: int) -> tuple[np.ndarray, int]:
-    """Signed values as non-negative integer levels: ``round((clip(x, -B, B) + B) / step)``.
-
-    The offset ``B`` makes every level non-negative, so sums of levels never borrow and
-    pack densely; ``step = 2 B / levels``. Used by the secure FedAvg
-    (:class:`.model_updates.SecureModelSpec`).
-
-    Parameters
-    ----------
-    values : np.ndarray
-        Finite values (any shape; the result is flattened, float64).
-    bound : float
-        ``B``, the public clip bound (positive).
-    levels : int
-        ``L``, the level of ``+B``.
-
-    Returns
-    -------
-    tuple[np.ndarray, int]
-        The levels in ``[0, L]`` (float64, exact integers) and how many values were
-        outside ``[-B, B]`` and clipped.
-    """
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    step = 2.0 * bound / levels
-    num_clipped = int(np.count_nonzero(np.abs(flat) > bound))
-    quantized = np.rint((np.clip(flat, -bound, bound) + bound) / step)
-    return np.clip(quantized, 0, levels), num_clipped
-
-
-def mean_from_levels(level_sums: np.ndarray, count: float, bound: float,
-                     levels: int) -> np.ndarray:
-    """Invert :func:`offset_levels` on a (weighted) sum: ``-B + step * level_sums / count``."""
-    return -bound + (2.0 * bound / levels) * (np.asarray(level_sums, dtype=np.float64) / count)
-
-
 def check_int(name: str, value: object, minimum: int) -> None:
     """Raise ``TypeError`` unless ``value`` is an int, ``ValueError`` if below ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -76,8 +41,8 @@ def check_int(name: str, value: object, minimum: int) -> None:
 class IntegerSumSpec:
     """Layout and codec of a spec whose shares are exact integers (a mixin).
 
-    Mixed into :class:`.model_updates.SecureModelSpec` and
-    :class:`.spec.SecureSumSpec`; a subclass
+    Mixed into :class:`.spec.SecureSumSpec` (and so into
+    :class:`.model_updates.SecureModelSpec`); a subclass
     provides ``num_values``, ``max_summands`` and ``value_bits``.
     """
 
@@ -112,5 +77,4 @@ class IntegerSumSpec:
                               randomness=randomness)
 
 
-__all__ = ["IntegerSumSpec", "check_int", "integer_layout", "mean_from_levels", "offset_levels",
-           "round_half_up"]
+__all__ = ["IntegerSumSpec", "check_int", "integer_layout", "round_half_up"]

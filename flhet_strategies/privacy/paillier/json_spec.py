@@ -1,8 +1,8 @@
 """JSON wire format of the public specs of a secure sum (a Flower config value).
 
-The secure FedAvg spec (:class:`.model_updates.SecureModelSpec`) and the secure
-weighted-sum spec (:class:`.spec.SecureSumSpec`) are frozen dataclasses that travel to
-the clients as JSON strings; both mix in :class:`JsonSpec`.
+The secure weighted-sum spec (:class:`.spec.SecureSumSpec`, and so the secure FedAvg
+spec :class:`.model_updates.SecureModelSpec`) is a frozen dataclass that travels to the
+clients as a JSON string; it mixes in :class:`JsonSpec`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Client steps of a secure FedAvg: decrypt the relayed model sum, encrypt a share.
 
-Both Flower faces use :class:`ModelSumClient` (the Message-API mod
-:class:`clients.mods.paillier_fedavg.PaillierFedAvgMod` and the compat wrapper
-:class:`clients.paillier_numpy_client.PaillierNumPyClient`), so they encode, encrypt and
-decode identically; the key, randomness and Paillier steps are :class:`.ShareClient`'s.
-No Flower import.
+Both client faces (:class:`clients.fedavg.paillier.PaillierFedAvgMod` and
+``PaillierNumPyClient``) use :class:`ModelSumClient`; the key, randomness and Paillier
+steps are :class:`.ShareClient`'s. No Flower import.
 """
 
 from __future__ import annotations

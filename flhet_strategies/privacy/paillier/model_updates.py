@@ -15,20 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ... import wire
 from ...aggregation.weighted_sum import SumLayout, SumTerm
 from .spec import SecureSumSpec
 
 MODEL_WEIGHTINGS = ("sample_count", "uniform")
 """Client weights a secure FedAvg supports: the client's example count, or 1."""
 
-SPEC_CONFIG_KEY = wire.FEDAVG_SPEC
-ENCRYPTED_SUM_ARRAY = wire.FEDAVG_SUM
-ENCRYPTED_SHARE_ARRAY = wire.FEDAVG_SHARE
-CLIPPED_METRIC = wire.CLIPPED_METRIC
-ENCRYPTED_FLAG_KEY = wire.FEDAVG_ENCRYPTED_FLAG
-ARRAYS_KEY_CONFIG = wire.FEDAVG_ARRAYS_KEY
-WEIGHT_KEY_CONFIG = wire.FEDAVG_WEIGHT_KEY
 
 
 @dataclass(frozen=True)
@@ -240,6 +232,4 @@ class SecureModelSpec(SecureSumSpec):
         return bound + self.clip_bound * eps
 
 
-__all__ = ["ARRAYS_KEY_CONFIG", "CLIPPED_METRIC", "ENCRYPTED_FLAG_KEY", "ENCRYPTED_SHARE_ARRAY",
-           "ENCRYPTED_SUM_ARRAY", "EncodedShare", "MODEL_WEIGHTINGS", "ModelSumResult",
-           "SPEC_CONFIG_KEY", "SecureModelSpec", "WEIGHT_KEY_CONFIG", "model_layout"]
+__all__ = ["EncodedShare", "MODEL_WEIGHTINGS", "ModelSumResult", "SecureModelSpec", "model_layout"]

@@ -1,7 +1,7 @@
 """Paillier secure sum of any weighted-sum algorithm, as a server-half wrapper.
 
 The server only multiplies ciphertexts and holds the public key; keys are dealt outside
-it. Each round the clients' step (``clients.steps.paillier.PaillierStep``) decrypts
+it. Each round the clients' step (``clients.privacy.paillier.PaillierStep``) decrypts
 the previous round's sum (or opens the seal one client made of it for the cohort),
 finishes it with the algorithm's rule, trains, and encrypts its share. With
 distributed DP inside the sum, the clients noise their values before encrypting and the

@@ -6,7 +6,7 @@ a client quantizes its values within the term's public range ``[lo, hi]``
 by its integer weights ``v`` (computed by itself from the layout's rule) and encrypts
 ``A = v q`` and ``v``. The server multiplies ciphertexts; a key holder decrypts
 ``(sum A, sum v)`` and gets the weighted mean ``lo + (hi - lo) / L * sum A / sum v``.
-The quantization bound and the packing are in ``docs/weighted_sums.md``.
+See docs/weighted_sums.md (the quantization bound) and docs/paillier_packing.md.
 """
 
 from __future__ import annotations

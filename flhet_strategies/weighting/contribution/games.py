@@ -1,14 +1,8 @@
 """Coalition utilities: a memoized, counted view of a cooperative game.
 
-A cooperative game on ``n`` players is a function ``v`` that maps every coalition
-``S`` (a subset of ``{0, ..., n-1}``) to a real number. Shapley estimators never
-call a user function directly; they call a :class:`CoalitionUtility`, which
-
-* accepts coalitions as boolean masks of shape ``(n,)``, batches of masks of
-  shape ``(m, n)``, or any iterable of player indices (e.g. a ``frozenset``),
-* memoizes values, so a coalition met twice costs one evaluation,
-* counts evaluations (coalitions whose value had to be computed), the budget
-  unit of every estimator in this package.
+Shapley estimators call a :class:`CoalitionUtility`, which accepts masks, batches of
+masks or player iterables, memoizes values and counts evaluations (the budget unit of
+every estimator). See docs/contribution.md.
 """
 
 from __future__ import annotations

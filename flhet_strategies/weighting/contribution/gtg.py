@@ -1,17 +1,9 @@
 """GTG-Shapley-style guided, truncated permutation sampling.
 
 After Liu et al., "GTG-Shapley: Efficient and Accurate Participant Contribution
-Evaluation in Federated Learning" (ACM TIST 2022):
-
-* **guided sampling**: permutation ``k`` starts with player ``k mod n``, so every
-  player leads (and has its large first-position marginal measured) equally
-  often; the rest of the order is random;
-* **within-round truncation**: while scanning a permutation, once the prefix
-  coalition's utility is within ``truncation_tol`` of the grand coalition's,
-  the remaining players' marginals are not evaluated.
-
-The paper's between-round truncation (skip valuing a round whose global utility
-barely moved) is not implemented: flhet values every round.
+Evaluation in Federated Learning" (ACM TIST 2022, https://arxiv.org/abs/2109.02053):
+guided sampling and within-round truncation; the between-round truncation is not
+implemented. See docs/contribution.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """A size-scaled additive surrogate of a game, for regression-adjusted estimates.
 
-The surrogate is ``f(S) = alpha[|S|] + kappa[|S|] * sum_{j in S} beta[j]``:
-each player has one strength ``beta[j]`` whose effect is scaled per coalition
-size (marginal gains shrink as a consensus saturates). Its membership effect
-at size ``s`` (mean of ``f`` over size-``s`` coalitions with ``i`` minus the
-mean over those without ``i``) is known in closed form,
-``kappa[s] * (n * beta[i] - sum(beta)) / (n - 1)``, so a stratified estimator
-can estimate only the game's residual ``v - f`` from samples (regression-
-adjusted Monte Carlo, after Witter et al., "Regression-adjusted Monte Carlo
-Estimators for Shapley Values and Probabilistic Values", 2025).
+``f(S) = alpha[|S|] + kappa[|S|] * sum_{j in S} beta[j]`` has closed-form membership
+effects, so a stratified estimator samples only the residual ``v - f`` (after Witter et
+al., 2025, https://arxiv.org/abs/2506.11849). See docs/contribution.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,9 @@
 """Stratified SVARM: Shapley values without marginal contributions.
 
-After Kolpaczki, Bengs, Muschalik and Hüllermeier, "Approximating the Shapley
-Value without Marginal Contributions" (AAAI 2024). The Shapley value is
-rewritten, per coalition size ``l``, as
-
-    phi_i = (1/n) * sum_{l=0}^{n-1} (phi_plus[i, l] - phi_minus[i, l]),
-
-where ``phi_plus[i, l]`` is the mean of ``v(S ∪ {i})`` and ``phi_minus[i, l]``
-the mean of ``v(S)`` over the coalitions ``S`` of size ``l`` without ``i``.
-One sampled coalition ``A`` of size ``s`` updates a stratum of *every* player:
-``phi_plus[i, s-1]`` for members and ``phi_minus[i, s]`` for the others, so
-each evaluation informs all ``n`` estimates. Sizes ``0, 1, n-1, n`` are
-computed exactly (``2n + 2`` evaluations), a warm-up gives every remaining
-stratum one sample, and the rest of the budget is spent on coalitions whose
-size follows the paper's distribution (weight about ``1/min(s, n-s)``).
-
-Equivalently (and as computed here), with ``delta[i, s]`` the mean of ``v``
-over size-``s`` coalitions containing ``i`` minus the mean over those without,
-
-    phi_i = (v(N) - v(∅)) / n + (1/n) * sum_{s=1}^{n-1} delta[i, s].
-
-Two optional improvements, both on by default in
-:class:`RegressionAdjustedSVARM`:
-
-* ``allocation="neyman"``: after the warm-up, sizes are sampled in proportion
-  to ``sd_s / sqrt(s (n - s))``, the Neyman allocation for the variance of
-  ``delta`` (``sd_s``: spread of ``v`` among sampled size-``s`` coalitions,
-  pooled over neighbouring sizes; re-estimated in stages, with 10% of the
-  draws kept on the paper's distribution);
-* ``regression_adjusted=True``: a size-scaled additive surrogate is fitted to
-  the samples (:mod:`.regression`); its membership effects are exact, and the
-  samples estimate only the residual's, which varies far less.
+After Kolpaczki, Bengs, Muschalik and Hüllermeier, "Approximating the Shapley Value
+without Marginal Contributions" (AAAI 2024, https://arxiv.org/abs/2302.00736), with an
+optional Neyman size allocation and a regression-adjusted variant
+(:class:`RegressionAdjustedSVARM`). See docs/contribution.md.
 """
 
 from __future__ import annotations
@@ -265,7 +238,7 @@ class StratifiedSVARM(ShapleyEstimator):
         the Neyman allocation re-estimated from the samples in stages.
     regression_adjusted : bool, default=False
         Estimate only the residual of a fitted size-scaled additive surrogate
-        from the samples (see the module notes).
+        from the samples (see docs/contribution.md).
     n_stages : int, default=3
         Stages of Neyman re-allocation (``allocation="neyman"`` only).
 
@@ -367,7 +340,7 @@ class RegressionAdjustedSVARM(StratifiedSVARM):
 
     The most accurate estimator here per utility evaluation for large
     cohorts: :class:`StratifiedSVARM` with ``allocation="neyman"`` and
-    ``regression_adjusted=True`` (see the module notes). Exact on additive
+    ``regression_adjusted=True`` (see docs/contribution.md). Exact on additive
     games.
 
     Parameters

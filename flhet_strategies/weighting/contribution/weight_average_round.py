@@ -1,30 +1,9 @@
 """Shapley contributions and aggregation weights of same-architecture clients.
 
-The API-neutral core of the contribution-weighting wrappers around Flower's
-FedAvg (:mod:`flhet_strategies.weighting.contribution_fedavg` for the Message API,
-:mod:`flhet_strategies.weighting.contribution_fedavg` for the compat API). Each
-round, :class:`WeightAverageContribution`
-
-1. builds the :class:`~flhet_strategies.weighting.contribution.logit_utility.WeightedAverageUtility`
-   game of the round's participants: ``v(S)`` is the accuracy, on the server's
-   labeled validation data, of the sample-weighted average of coalition ``S``'s
-   parameters (what FedAvg would aggregate from ``S`` alone), scored by a user
-   ``eval_fn``;
-2. estimates the participants' Shapley values with
-   :func:`~flhet_strategies.weighting.contribution.auto.estimate_shapley` and records
-   them in a :class:`~flhet_strategies.weighting.contribution.ledger.ContributionLedger`;
-3. returns aggregation weights :func:`~flhet_strategies.weighting.contribution.weighting.mix_weights`
-   of the clients' discounted cumulative values (negative values clipped, mixed
-   with sample-count weights), exactly as
-   :class:`~flhet_strategies.weighting.contribution.weighting.ContributionWeighting`
-   does for the distillation strategy.
-
-``v(∅)`` is by default the accuracy of the round's incoming global model (the
-parameters the clients started from), as in GTG-Shapley: a round's values then
-sum to the improvement of the aggregate over the previous global model, and a
-client whose update makes the aggregate worse gets a negative value. Each
-coalition costs one ``eval_fn`` call, so the default budget (1,024 evaluations)
-keeps ``method="auto"`` exact up to 10 clients.
+The API-neutral core of :class:`~flhet_strategies.weighting.contribution_fedavg.ContributionWeightedFedAvg`
+and its compat twin: :class:`WeightAverageContribution` values each round's clients on
+the weighted average of coalitions' parameters and returns contribution weights. See
+docs/contribution.md.
 """
 
 from __future__ import annotations

@@ -1,35 +1,9 @@
 """Contribution-weighted aggregation: Shapley values as client weights.
 
 :class:`ContributionWeighting` is a :data:`~flhet_strategies.weighting.base.WeightFn`
-for :class:`~flhet_strategies.core.distillation.ConsensusDistillation` (and so for
-both Flower faces, ``FedConsensus`` and ``FedConsensusCompat``). Every round it
-values the participants by the Shapley value of the logit-consensus game on the
-server's labeled validation slice of the proxy set, records the values in a
-:class:`~flhet_strategies.weighting.contribution.ledger.ContributionLedger`, and turns
-them into aggregation weights. Ask the clients for the validation rows in every
-round by passing the same indices as the strategy's ``always_include``::
-
-    weighting = ContributionWeighting(split.proxy_validation_indices,
-                                      split.proxy_validation.y, consensus=config)
-    strategy = FedConsensus(..., consensus=config, weight_fn=weighting,
-                            always_include=split.proxy_validation_indices)
-
-Weights
--------
-With ``s_i`` client ``i``'s contribution score and ``n_i`` its number of training
-examples, ``w_i = mix * c_i / sum_j c_j + (1 - mix) * n_i / sum_j n_j``, where
-``c_i = max(s_i, 0)`` (a client that hurts the consensus gets no contribution
-share; it keeps its sample-count share). When every ``c_i`` is zero the weights
-are the sample-count weights.
-
-The score is the client's *discounted cumulative* Shapley value,
-``s_i = sum_t decay**(T - t) phi_i(t)`` over the rounds ``t <= T`` it took part in
-(``T`` the current round, whose values are computed from the very predictions
-being aggregated). ``decay=0`` weights by the current round alone, ``decay=1`` by
-the FedSV total. The default, 0.5, halves a round's say every round: the weights
-follow a client that changes (a model that improves, a client that starts
-free-riding) within a few rounds, while one round's estimation noise (values on a
-validation slice of ~1,000 samples move in steps of 1/1,000) is smoothed out.
+for the logit consensus: every round it values the participants by Shapley values on
+the server's labeled validation slice and mixes their discounted cumulative values
+with sample counts. See docs/contribution.md.
 """
 
 from __future__ import annotations
@@ -89,7 +63,7 @@ def mix_weights(scores: np.ndarray, sample_counts: np.ndarray, mix: float) -> np
     clipped = np.clip(scores, 0.0, None)
     if clipped.sum() <= 0.0:
         return by_count
-    return mix * clipped / clipped.sum() + (1.0 - mix) * by_count
+    return mix * (clipped / clipped.sum()) + (1.0 - mix) * by_count   # no denormal underflow
 
 
 class ContributionWeighting:
@@ -108,7 +82,7 @@ class ContributionWeighting:
     3. estimates the participants' Shapley values (``method``, ``budget``) and
        records them in :attr:`ledger`;
     4. returns :func:`mix_weights` of the clients' discounted cumulative values
-       (see the module notes), or the sample counts when ``use_for_weights`` is
+       (see docs/contribution.md), or the sample counts when ``use_for_weights`` is
        False (audit only: values are recorded, aggregation is unchanged).
 
     The utility averages probabilities, as the ``"dsfl"`` consensus does; DS-FL's
@@ -135,7 +109,7 @@ class ContributionWeighting:
     use_for_weights : bool (default: True)
         False: audit only (record contributions, weight by sample counts).
     decay : float (default: 0.5)
-        Discount of older rounds in the score, in ``[0, 1]`` (module notes).
+        Discount of older rounds in the score, in ``[0, 1]`` (docs/contribution.md).
     metric : {"accuracy", "neg_log_loss"} (default: "accuracy")
         The coalition utility.
     seed : int (default: 0)
