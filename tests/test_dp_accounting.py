@@ -61,7 +61,7 @@ def test_fixed_size_cohorts_use_replace_one_with_the_payload_sensitivity() -> No
     for non_negative, direct in ((True, direct_predictions), (False, direct_updates)):
         ledger = PrivacyLedger(10, DELTA, "fixed-size", non_negative_payloads=non_negative)
         for server_round in range(1, 3):
-            entry = ledger.record_round(server_round, noise_multiplier=3.0, num_sampled=5)
+            entry = ledger.record_round(server_round, noise_multiplier=3.0, cohort_size=5)
         assert ledger.relation == "replace-one"
         assert entry.sampling_rate == 0.5
         assert entry.epsilon == pytest.approx(direct, rel=1e-9)
@@ -126,10 +126,10 @@ def test_ledger_rejects_inconsistent_sampling_settings() -> None:
         PrivacyLedger(10, DELTA, "full", sampling_rate=0.5)
     with pytest.raises(ValueError, match="sampling must be one of"):
         PrivacyLedger(10, DELTA, "uniform")
-    with pytest.raises(ValueError, match="num_sampled"):
+    with pytest.raises(ValueError, match="cohort_size"):
         PrivacyLedger(10, DELTA, "fixed-size").record_round(1, 1.0)
-    with pytest.raises(ValueError, match="num_sampled must be in"):
-        PrivacyLedger(10, DELTA, "fixed-size").record_round(1, 1.0, num_sampled=11)
+    with pytest.raises(ValueError, match="cohort_size must be in"):
+        PrivacyLedger(10, DELTA, "fixed-size").record_round(1, 1.0, cohort_size=11)
     with pytest.raises(ValueError, match="target_delta"):
         PrivacyLedger(10, 1.5, "full")
 

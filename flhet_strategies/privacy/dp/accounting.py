@@ -192,7 +192,7 @@ class PrivacyLedger:
         )
 
     def event(
-        self, noise_multiplier: float, num_sampled: int | None = None
+        self, noise_multiplier: float, cohort_size: int | None = None
     ) -> GaussianPrivacyEvent:
         """Flower's Gaussian event for one round.
 
@@ -201,7 +201,7 @@ class PrivacyLedger:
         noise_multiplier : float
             ``z = sigma / S`` the round's sum carries (after dropouts, see
             :func:`~flhet_strategies.privacy.dp.gaussian.realized_noise_multiplier`).
-        num_sampled : int, optional
+        cohort_size : int, optional
             Clients sampled this round; required for ``"fixed-size"``, ignored otherwise
             (Poisson amplification depends on the rate, not on the draw).
         """
@@ -209,12 +209,12 @@ class PrivacyLedger:
         if self.sampling == "poisson":
             size = self._poisson_size
         elif self.sampling == "fixed-size":
-            if num_sampled is None:
-                raise ValueError("fixed-size sampling needs num_sampled, the round's cohort size")
-            size = int(num_sampled)
+            if cohort_size is None:
+                raise ValueError("fixed-size sampling needs cohort_size, the round's cohort size")
+            size = int(cohort_size)
             if not 1 <= size <= self.config.population_size:
                 raise ValueError(
-                    f"num_sampled must be in [1, {self.config.population_size}], got {num_sampled}"
+                    f"cohort_size must be in [1, {self.config.population_size}], got {cohort_size}"
                 )
         return GaussianPrivacyEvent(
             noise_multiplier=self.accounted_noise_multiplier(noise_multiplier),
@@ -223,7 +223,7 @@ class PrivacyLedger:
         )
 
     def projected_epsilon(
-        self, noise_multiplier: float, num_sampled: int | None = None, rounds: int = 1
+        self, noise_multiplier: float, cohort_size: int | None = None, rounds: int = 1
     ) -> float:
         """Epsilon after ``rounds`` more rounds like this one; the ledger is unchanged.
 
@@ -234,7 +234,7 @@ class PrivacyLedger:
         """
         if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 1:
             raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
-        event = self.event(noise_multiplier, num_sampled)
+        event = self.event(noise_multiplier, cohort_size)
         state = self._accountant.state_dict()
         upcoming = {"event": asdict(event), "count": int(rounds)}
         state["compositions"] = _merge_runs([*state["compositions"], upcoming])
@@ -243,7 +243,7 @@ class PrivacyLedger:
             projected.load_state_dict(state)
             return float(projected.get_epsilon(self.config.target_delta))
 
-    def would_exceed(self, noise_multiplier: float, num_sampled: int | None = None) -> bool:
+    def would_exceed(self, noise_multiplier: float, cohort_size: int | None = None) -> bool:
         """Whether one more such round would take epsilon past ``max_epsilon``.
 
         Call it before sampling a round; when it is ``True`` stop the run (save results
@@ -251,10 +251,10 @@ class PrivacyLedger:
         """
         if self.max_epsilon is None:
             return False
-        return self.projected_epsilon(noise_multiplier, num_sampled) > self.max_epsilon
+        return self.projected_epsilon(noise_multiplier, cohort_size) > self.max_epsilon
 
     def rounds_within_budget(
-        self, noise_multiplier: float, max_rounds: int, num_sampled: int | None = None
+        self, noise_multiplier: float, max_rounds: int, cohort_size: int | None = None
     ) -> int:
         """How many more rounds like this one fit in ``max_epsilon`` (at most ``max_rounds``).
 
@@ -270,14 +270,14 @@ class PrivacyLedger:
         low, high = 0, int(max_rounds)   # low rounds fit; find the largest that does
         while low < high:
             middle = (low + high + 1) // 2
-            if self.projected_epsilon(noise_multiplier, num_sampled, middle) <= self.max_epsilon:
+            if self.projected_epsilon(noise_multiplier, cohort_size, middle) <= self.max_epsilon:
                 low = middle
             else:
                 high = middle - 1
         return low
 
     def record_round(
-        self, server_round: int, noise_multiplier: float, num_sampled: int | None = None
+        self, server_round: int, noise_multiplier: float, cohort_size: int | None = None
     ) -> RoundPrivacy:
         """Compose the round's release and return the cumulative privacy spent.
 
@@ -287,10 +287,10 @@ class PrivacyLedger:
             The round that released a noisy sum.
         noise_multiplier : float
             ``z`` the released sum really carried.
-        num_sampled : int, optional
+        cohort_size : int, optional
             Cohort size, for ``"fixed-size"`` sampling.
         """
-        event = self.event(noise_multiplier, num_sampled)
+        event = self.event(noise_multiplier, cohort_size)
         with _quiet_dp_accounting():
             self._accountant.compose(event)
             spent = self._accountant.get_privacy_spent()
@@ -402,10 +402,10 @@ def noise_multiplier_for_epsilon(
         if sampling == "fixed-size":
             raise ValueError("fixed-size sampling needs population_size")
         population_size = Fraction(sampling_rate).limit_denominator(10**6).denominator
-    num_sampled = None
+    cohort_size = None
     if sampling == "fixed-size":
-        num_sampled = round(sampling_rate * population_size)
-        if abs(num_sampled - sampling_rate * population_size) > 1e-9:
+        cohort_size = round(sampling_rate * population_size)
+        if abs(cohort_size - sampling_rate * population_size) > 1e-9:
             raise ValueError(
                 f"fixed-size sampling_rate {sampling_rate} times population_size "
                 f"{population_size} is not a whole cohort size"
@@ -417,7 +417,7 @@ def noise_multiplier_for_epsilon(
     )
 
     def gap(z: float) -> float:
-        return ledger.projected_epsilon(z, num_sampled, rounds=int(rounds)) - target_epsilon
+        return ledger.projected_epsilon(z, cohort_size, rounds=int(rounds)) - target_epsilon
 
     low, high = 1.0, 1.0
     if gap(high) > 0:

@@ -48,7 +48,7 @@ def sampling_for_fraction(fraction: float) -> str:
 
 
 def mean_noise_multiplier(
-    noise_multiplier: float, num_expected: int, weights: Sequence[float]
+    noise_multiplier: float, cohort_size: int, weights: Sequence[float]
 ) -> float:
     r"""Noise multiplier a weighted mean carries when its noise was set for ``m`` equal shares.
 
@@ -69,7 +69,7 @@ def mean_noise_multiplier(
     ----------
     noise_multiplier : float
         ``z`` the noise was calibrated with, positive.
-    num_expected : int
+    cohort_size : int
         ``m``, the number of equal shares the noise was divided by.
     weights : Sequence[float]
         The aggregation weights of the replies in the mean (non-negative, finite, not
@@ -80,20 +80,20 @@ def mean_noise_multiplier(
     float
         ``z * sum(weights) / (m * max(weights))``; give this to the ledger.
     """
-    values = _mean_weights(noise_multiplier, num_expected, weights)
-    return float(noise_multiplier) * sum(values) / (int(num_expected) * max(values))
+    values = _mean_weights(noise_multiplier, cohort_size, weights)
+    return float(noise_multiplier) * sum(values) / (int(cohort_size) * max(values))
 
 
 def _mean_weights(
-    noise_multiplier: float, num_expected: int, weights: Sequence[float]
+    noise_multiplier: float, cohort_size: int, weights: Sequence[float]
 ) -> list[float]:
     """Validate the arguments of the ``*mean_noise_multiplier`` functions; the weights."""
     if isinstance(noise_multiplier, bool) or not (
         math.isfinite(noise_multiplier) and noise_multiplier > 0
     ):
         raise ValueError(f"noise_multiplier must be positive and finite, got {noise_multiplier!r}")
-    if isinstance(num_expected, bool) or int(num_expected) != num_expected or num_expected < 1:
-        raise ValueError(f"num_expected must be a positive integer, got {num_expected!r}")
+    if isinstance(cohort_size, bool) or int(cohort_size) != cohort_size or cohort_size < 1:
+        raise ValueError(f"cohort_size must be a positive integer, got {cohort_size!r}")
     values = [float(w) for w in weights]
     if not values:
         raise ValueError("weights is empty: a mean of no replies releases nothing")
@@ -103,7 +103,7 @@ def _mean_weights(
 
 
 def distributed_mean_noise_multiplier(
-    noise_multiplier: float, num_shares: int, weights: Sequence[float]
+    noise_multiplier: float, cohort_size: int, weights: Sequence[float]
 ) -> float:
     r"""Noise multiplier of a weighted mean of replies that each carry a noise share.
 
@@ -123,7 +123,7 @@ def distributed_mean_noise_multiplier(
     ----------
     noise_multiplier : float
         ``z`` the clients' shares were calibrated for, positive.
-    num_shares : int
+    cohort_size : int
         ``m``, the cohort size announced to the clients.
     weights : Sequence[float]
         The aggregation weights of the replies in the mean (non-negative, finite, not
@@ -134,8 +134,8 @@ def distributed_mean_noise_multiplier(
     float
         ``z * sqrt(sum(w_i^2) / m) / max(w_i)``; give this to the ledger.
     """
-    values = _mean_weights(noise_multiplier, num_shares, weights)
-    return float(noise_multiplier) * math.sqrt(sum(w * w for w in values) / int(num_shares)) \
+    values = _mean_weights(noise_multiplier, cohort_size, weights)
+    return float(noise_multiplier) * math.sqrt(sum(w * w for w in values) / int(cohort_size)) \
         / max(values)
 
 
@@ -253,7 +253,7 @@ class RoundBudget:
         self,
         num_rounds: int,
         noise_multiplier: float,
-        num_sampled: int | None = None,
+        cohort_size: int | None = None,
         *,
         first_round: int = 1,
     ) -> int:
@@ -265,7 +265,7 @@ class RoundBudget:
             Rounds the run was asked for.
         noise_multiplier : float
             ``z`` every round is expected to carry.
-        num_sampled : int, optional
+        cohort_size : int, optional
             Expected cohort size (needed for ``"fixed-size"``).
         first_round : int (default: 1)
             Number of the first of these rounds; when fewer than ``num_rounds`` fit,
@@ -277,7 +277,7 @@ class RoundBudget:
             ``num_rounds`` without a budget (or if all fit), else the rounds that fit
             after the ones already recorded (possibly 0).
         """
-        rounds = self.ledger.rounds_within_budget(noise_multiplier, num_rounds, num_sampled)
+        rounds = self.ledger.rounds_within_budget(noise_multiplier, num_rounds, cohort_size)
         if self.max_epsilon is None:
             return rounds
         log(
@@ -292,7 +292,7 @@ class RoundBudget:
         return rounds
 
     def allows(
-        self, server_round: int, noise_multiplier: float, num_sampled: int | None = None
+        self, server_round: int, noise_multiplier: float, cohort_size: int | None = None
     ) -> bool:
         """Per-round guard: whether ``server_round`` may release an aggregate.
 
@@ -306,12 +306,12 @@ class RoundBudget:
             The round about to be configured.
         noise_multiplier : float
             ``z`` the round's release is expected to carry.
-        num_sampled : int, optional
+        cohort_size : int, optional
             The round's cohort size (needed for ``"fixed-size"``).
         """
         if self.stopped_at is not None and server_round >= self.stopped_at:
             return False
-        if not self.ledger.would_exceed(noise_multiplier, num_sampled):
+        if not self.ledger.would_exceed(noise_multiplier, cohort_size):
             return True
         self.stopped_at = int(server_round)
         log(
@@ -323,7 +323,7 @@ class RoundBudget:
         return False
 
     def record(
-        self, server_round: int, noise_multiplier: float, num_sampled: int | None = None
+        self, server_round: int, noise_multiplier: float, cohort_size: int | None = None
     ) -> dict[str, Any]:
         """Compose a released round and return its history entry.
 
@@ -333,7 +333,7 @@ class RoundBudget:
             The round that released a noisy aggregate.
         noise_multiplier : float
             ``z`` the release really carried (e.g. :func:`mean_noise_multiplier`).
-        num_sampled : int, optional
+        cohort_size : int, optional
             The round's cohort size (needed for ``"fixed-size"``).
 
         Returns
@@ -342,7 +342,7 @@ class RoundBudget:
             ``round``, ``epsilon`` (cumulative), ``delta``, ``noise_multiplier`` and
             ``sampling_rate``; also appended to :attr:`history`.
         """
-        entry = self.ledger.record_round(server_round, noise_multiplier, num_sampled)
+        entry = self.ledger.record_round(server_round, noise_multiplier, cohort_size)
         item = {"round": int(server_round), **entry.to_history()}
         self.history.append(item)
         log(INFO, "Privacy spent after round %d: epsilon=%.4f at delta=%g",

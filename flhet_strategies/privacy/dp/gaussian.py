@@ -144,28 +144,28 @@ def add_noise_share(
 
 
 def realized_noise_multiplier(
-    noise_multiplier: float, num_expected: int, num_received: int
+    noise_multiplier: float, cohort_size: int, num_received: int
 ) -> float:
     """Noise multiplier the sum really carries when only some shares arrived.
 
-    Each of ``num_expected`` clients added variance ``sigma^2 / num_expected``; a sum of
-    ``num_received`` shares carries ``sigma^2 * num_received / num_expected``.
+    Each of ``cohort_size`` clients added variance ``sigma^2 / cohort_size``; a sum of
+    ``num_received`` shares carries ``sigma^2 * num_received / cohort_size``.
 
     Parameters
     ----------
     noise_multiplier : float
         ``z`` the shares were calibrated for.
-    num_expected : int
+    cohort_size : int
         ``n`` the clients divided the noise by.
     num_received : int
-        Shares that entered the sum (at least 1, at most ``num_expected``).
+        Shares that entered the sum (at least 1, at most ``cohort_size``).
 
     Returns
     -------
     float
-        ``z * sqrt(num_received / num_expected)``; give this to the accountant.
+        ``z * sqrt(num_received / cohort_size)``; give this to the accountant.
     """
-    expected = _count(num_expected, "num_expected")
+    expected = _count(cohort_size, "cohort_size")
     received = _count(num_received, "num_received")
     if received > expected:
         raise ValueError(
