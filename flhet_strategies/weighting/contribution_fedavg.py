@@ -44,7 +44,40 @@ from .contribution.weight_average_round import (
 __all__ = ["WEIGHT_UNITS", "ContributionWeightedFedAvg", "ContributionWeightedFedAvgCompat"]
 
 
-class ContributionWeightedFedAvg(ContributionViews, Strategy):
+class _Valuation(ContributionViews):
+    """What both faces do: remember the round's global model, value the clients."""
+
+    def _start_valuation(self, eval_fn: EvalFn, options: dict[str, Any]) -> None:
+        self.contribution = WeightAverageContribution(eval_fn, **options)
+        self._round_start: tuple[int, list[np.ndarray]] | None = None
+
+    def summary(self) -> None:
+        """Log the contribution settings, then the inner strategy's summary."""
+        c = self.contribution
+        log(INFO, "\t├──> Contribution weighting (Shapley values):")
+        log(INFO, "\t│\t├── Estimator: %s (budget %d evaluations)", c.method, c.budget)
+        log(INFO, "\t│\t├── Mix: %s | decay: %s", c.mix, c.decay)
+        log(INFO, "\t│\t└── Used for weights: %s", c.use_for_weights)
+        if hasattr(self.strategy, "summary"):  # the compat API has none
+            self.strategy.summary()
+
+    def _value(
+        self,
+        server_round: int,
+        ids: list[str],
+        parameters: list[list[np.ndarray]],
+        counts: list[float],
+    ) -> np.ndarray:
+        """Contribution weights (summing to one) of this round's clients, logged."""
+        start = self._round_start
+        global_parameters = start[1] if start is not None and start[0] == server_round else None
+        weights = self.contribution(server_round, ids, parameters, counts, global_parameters)
+        log(INFO, "contribution weights (round %d) %s", server_round,
+            {c: round(float(w), 4) for c, w in zip(ids, weights)})
+        return weights
+
+
+class ContributionWeightedFedAvg(_Valuation, Strategy):
     """Shapley-value aggregation weights around a weight-averaging Message-API strategy.
 
     Each round, before the inner strategy aggregates, the wrapper takes every
@@ -75,25 +108,16 @@ class ContributionWeightedFedAvg(ContributionViews, Strategy):
         ``eval_fn(parameters) -> accuracy in [0, 1]`` on the server's labeled
         validation data; ``parameters`` is a list of float64 arrays in the order
         of the ArrayRecord's keys (``ArrayRecord.to_numpy_ndarrays()``).
-    method : str (default: "auto")
-        Shapley estimator (exact while ``2**n_clients <= budget``).
-    budget : int (default: 1024)
-        ``eval_fn`` calls per round for the sampling estimators.
-    mix : float (default: 1.0)
-        Share of the contribution part of the weights; 0 gives sample counts.
-    decay : float (default: 0.5)
-        Discount of older rounds in a client's score (0: this round only).
-    use_for_weights : bool (default: True)
-        False: audit only (record contributions, keep the sample counts).
-    empty_value : float, optional
-        ``v(∅)``; default: accuracy of the round's incoming global model.
-    seed : int (default: 0)
-        Seed of the sampling estimators.
     weighted_by_key : str, optional
         The MetricRecord key the inner strategy weights by; default: the inner
         strategy's ``weighted_by_key`` attribute.
-    estimator_options : dict, optional
-        Passed to the estimator's constructor.
+    **options
+        Keyword arguments of :class:`WeightAverageContribution`: ``method``
+        (default ``"auto"``: exact while ``2**n_clients <= budget``), ``budget``
+        (1024 ``eval_fn`` calls a round), ``mix`` (1.0; 0 gives sample counts),
+        ``decay`` (0.5), ``use_for_weights`` (True; False audits only),
+        ``empty_value`` (``v(∅)``; default the incoming global model's
+        accuracy), ``seed`` (0), ``estimator_options``.
 
     Attributes
     ----------
@@ -107,15 +131,8 @@ class ContributionWeightedFedAvg(ContributionViews, Strategy):
         strategy: Strategy,
         eval_fn: EvalFn,
         *,
-        method: str = "auto",
-        budget: int = 1024,
-        mix: float = 1.0,
-        decay: float = 0.5,
-        use_for_weights: bool = True,
-        empty_value: Optional[float] = None,
-        seed: int = 0,
         weighted_by_key: Optional[str] = None,
-        estimator_options: Optional[dict[str, Any]] = None,
+        **options: Any,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(
@@ -130,31 +147,11 @@ class ContributionWeightedFedAvg(ContributionViews, Strategy):
             )
         self.strategy = strategy
         self.weighted_by_key = key
-        self.contribution = WeightAverageContribution(
-            eval_fn,
-            method=method,
-            budget=budget,
-            mix=mix,
-            decay=decay,
-            use_for_weights=use_for_weights,
-            empty_value=empty_value,
-            seed=seed,
-            estimator_options=estimator_options,
-        )
-        self._round_start: tuple[int, list[np.ndarray]] | None = None
+        self._start_valuation(eval_fn, options)
 
     def __repr__(self) -> str:
         """Name the wrapper and its inner strategy."""
         return f"ContributionWeightedFedAvg({self.strategy!r})"
-
-    def summary(self) -> None:
-        """Log the contribution settings, then the inner strategy's summary."""
-        c = self.contribution
-        log(INFO, "\t├──> Contribution weighting (Shapley values):")
-        log(INFO, "\t│\t├── Estimator: %s (budget %d evaluations)", c.method, c.budget)
-        log(INFO, "\t│\t├── Mix: %s | decay: %s", c.mix, c.decay)
-        log(INFO, "\t│\t└── Used for weights: %s", c.use_for_weights)
-        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -195,14 +192,7 @@ class ContributionWeightedFedAvg(ContributionViews, Strategy):
         if not valid:
             return self.strategy.aggregate_train(server_round, replies)
         ids, parameters, counts = self._read_replies(valid)
-        start = self._round_start
-        global_parameters = start[1] if start is not None and start[0] == server_round else None
-        weights = self.contribution(server_round, ids, parameters, counts, global_parameters)
-        log(
-            INFO,
-            "aggregate_train: contribution weights %s",
-            {c: round(float(w), 4) for c, w in zip(ids, weights)},
-        )
+        weights = self._value(server_round, ids, parameters, counts)
         reweighted = [self._with_weight(reply, float(w)) for reply, w in zip(valid, weights)]
         failed = [reply for reply in replies if reply.has_error()]
         return self.strategy.aggregate_train(server_round, reweighted + failed)
@@ -274,7 +264,7 @@ WEIGHT_UNITS = 1_000_000
 about this many (a resolution of one millionth)."""
 
 
-class ContributionWeightedFedAvgCompat(ContributionViews, compat.Strategy):
+class ContributionWeightedFedAvgCompat(_Valuation, compat.Strategy):
     """Shapley-value aggregation weights around a weight-averaging compat strategy.
 
     Each round, before the inner strategy aggregates, the wrapper values the
@@ -303,22 +293,13 @@ class ContributionWeightedFedAvgCompat(ContributionViews, compat.Strategy):
         ``eval_fn(parameters) -> accuracy in [0, 1]`` on the server's labeled
         validation data; ``parameters`` is a list of float64 arrays in the order
         the clients send them (``parameters_to_ndarrays``).
-    method : str (default: "auto")
-        Shapley estimator (exact while ``2**n_clients <= budget``).
-    budget : int (default: 1024)
-        ``eval_fn`` calls per round for the sampling estimators.
-    mix : float (default: 1.0)
-        Share of the contribution part of the weights; 0 gives sample counts.
-    decay : float (default: 0.5)
-        Discount of older rounds in a client's score (0: this round only).
-    use_for_weights : bool (default: True)
-        False: audit only (record contributions, keep the sample counts).
-    empty_value : float, optional
-        ``v(∅)``; default: accuracy of the round's incoming global model.
-    seed : int (default: 0)
-        Seed of the sampling estimators.
-    estimator_options : dict, optional
-        Passed to the estimator's constructor.
+    **options
+        Keyword arguments of :class:`WeightAverageContribution`: ``method``
+        (default ``"auto"``: exact while ``2**n_clients <= budget``), ``budget``
+        (1024 ``eval_fn`` calls a round), ``mix`` (1.0; 0 gives sample counts),
+        ``decay`` (0.5), ``use_for_weights`` (True; False audits only),
+        ``empty_value`` (``v(∅)``; default the incoming global model's
+        accuracy), ``seed`` (0), ``estimator_options``.
 
     Attributes
     ----------
@@ -331,15 +312,7 @@ class ContributionWeightedFedAvgCompat(ContributionViews, compat.Strategy):
         self,
         strategy: compat.Strategy,
         eval_fn: EvalFn,
-        *,
-        method: str = "auto",
-        budget: int = 1024,
-        mix: float = 1.0,
-        decay: float = 0.5,
-        use_for_weights: bool = True,
-        empty_value: Optional[float] = None,
-        seed: int = 0,
-        estimator_options: Optional[dict[str, Any]] = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         if not isinstance(strategy, compat.Strategy):
@@ -348,18 +321,7 @@ class ContributionWeightedFedAvgCompat(ContributionViews, compat.Strategy):
                 "flwr.serverapp.strategy strategies use ContributionWeightedFedAvg."
             )
         self.strategy = strategy
-        self.contribution = WeightAverageContribution(
-            eval_fn,
-            method=method,
-            budget=budget,
-            mix=mix,
-            decay=decay,
-            use_for_weights=use_for_weights,
-            empty_value=empty_value,
-            seed=seed,
-            estimator_options=estimator_options,
-        )
-        self._round_start: tuple[int, list[np.ndarray]] | None = None
+        self._start_valuation(eval_fn, options)
 
     def __repr__(self) -> str:
         """Name the wrapper and its inner strategy."""
@@ -409,14 +371,7 @@ class ContributionWeightedFedAvgCompat(ContributionViews, compat.Strategy):
         ids = [client_id_of(res.metrics, proxy.cid) for proxy, res in results]
         parameters = [parameters_to_ndarrays(res.parameters) for _, res in results]
         counts = [res.num_examples for _, res in results]
-        start = self._round_start
-        global_parameters = start[1] if start is not None and start[0] == server_round else None
-        weights = self.contribution(server_round, ids, parameters, counts, global_parameters)
-        log(
-            INFO,
-            "aggregate_fit: contribution weights %s",
-            {c: round(float(w), 4) for c, w in zip(ids, weights)},
-        )
+        weights = self._value(server_round, ids, parameters, counts)
         units = np.rint(weights * WEIGHT_UNITS).astype(np.int64)
         reweighted = [
             (proxy, dataclasses.replace(res, num_examples=int(unit)))
