@@ -1,11 +1,13 @@
 """Experiment configuration: the shipped configs load; mistakes give clear errors."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from simulations.cli import main
 from simulations.config import ConfigError, from_dict, load_config
+from simulations.experiment import build_strategy, paillier_key_files
 
 CONFIGS = Path(__file__).resolve().parents[1] / "simulations" / "configs"
 MAIN = CONFIGS / "fmnist_hetero.toml"
@@ -69,3 +71,21 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["bench", "--config", str(MAIN), "--out", str(tmp_path), "--seeds", "a,b"]) == 2
+
+
+def _switchable_sections():
+    """(config, section) for every [dp] / [paillier] section a shipped config leaves off."""
+    for path in sorted(CONFIGS.glob("*.toml")):
+        raw = tomllib.loads(path.read_text())
+        for section in ("dp", "paillier"):
+            if section in raw and not raw[section].get("enabled", False):
+                yield pytest.param(path, section, id=f"{path.stem}-{section}")
+
+
+@pytest.mark.parametrize(("path", "section"), list(_switchable_sections()))
+def test_switching_on_a_shipped_privacy_section_builds_the_strategy(tmp_path, path, section):
+    """``--set dp.enabled=true`` (or ``paillier``) on a shipped config must just work."""
+    cfg = load_config(path).with_overrides(**{f"{section}.enabled": True})
+    key_files = paillier_key_files(cfg, tmp_path) if cfg.paillier.enabled else None
+    strategy = build_strategy(cfg, key_files=key_files)
+    assert strategy.privacy_history == [] if section == "dp" else strategy.history == []
