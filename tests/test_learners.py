@@ -335,3 +335,28 @@ def test_require_features_rejects_predict_only_learners(learner, cls, framework)
     message = str(error.value)
     assert message.startswith("FedProto needs a learner that can embed its inputs into features")
     assert f"is a {framework} {cls}, which can only predict" in message
+
+
+def test_dropout_training_repeats_exactly_and_leaves_the_global_generator_alone(digits):
+    """Dropout draws from torch's global generator: the learner seeds it per call."""
+    train, _, _ = digits
+    x, y = train.x[:128], train.y[:128]
+
+    def trained(global_seed: int) -> np.ndarray:
+        torch.manual_seed(0)
+        model = SplitModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32),
+                                               torch.nn.ReLU(), torch.nn.Dropout(0.5)),
+                           torch.nn.Linear(32, 10))
+        torch.manual_seed(global_seed)  # whatever state the process happens to be in
+        learner = TorchLearner(model, lr=0.05, seed=3)
+        learner.reseed(7)
+        learner.train(x, y, epochs=2)
+        learner.distill(DistillTarget(x[:32], np.full((32, 10), 0.1, np.float32)), epochs=1)
+        return torch.cat([p.detach().ravel() for p in model.parameters()]).numpy()
+
+    np.testing.assert_array_equal(trained(1), trained(2))
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    _torch().train(x, y, epochs=1)
+    np.testing.assert_array_equal(torch.rand(3), before)

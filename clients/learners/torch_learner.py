@@ -8,6 +8,7 @@ trains with an auxiliary feature loss.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,6 +30,22 @@ class NoFeatureSplitError(TypeError, AttributeError):
     A ``TypeError`` (the model is of the wrong kind) that is also an ``AttributeError``,
     so ``hasattr(learner, "feature_dim")`` is ``False`` for such a learner.
     """
+
+
+def _seeded(method):
+    """Run a training method with torch's global generator (dropout, ...) seeded from
+    the learner's seed and left as it was afterwards, so training repeats exactly."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        self._calls += 1
+        seed = (self._generator.initial_seed() * 1_000_003 + self._calls) % 2**63
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class TorchLearner:
@@ -86,10 +103,12 @@ class TorchLearner:
         self.weight_decay = float(weight_decay)
         self.device = torch.device(device)
         self._generator = torch.Generator().manual_seed(int(seed))
+        self._calls = 0
 
     def reseed(self, seed: int) -> None:
-        """Reset the batch-shuffling seed (e.g. per round, so orders differ)."""
+        """Reset the seed of the batch order and of dropout (e.g. per round, so they differ)."""
         self._generator.manual_seed(int(seed))
+        self._calls = 0
 
     def _optimizer(self, lr_scale: float) -> torch.optim.Optimizer:
         lr = self.lr * lr_scale
@@ -144,6 +163,7 @@ class TorchLearner:
             )
         return int(dim)
 
+    @_seeded
     def train(
         self,
         x: np.ndarray,
@@ -240,6 +260,7 @@ class TorchLearner:
             metrics["aux_loss"] = aux_sum / steps
         return metrics
 
+    @_seeded
     def distill(self, target: DistillTarget, epochs: int) -> dict[str, float]:
         """Train on the proxy soft targets alone for ``epochs`` passes."""
         px = torch.tensor(target.x, dtype=torch.float32)
