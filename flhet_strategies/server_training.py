@@ -486,7 +486,7 @@ class PrototypeGenerator:
         Server epochs per :meth:`fit` (FedTGP's ``server_epochs``).
     batch_size : int, default 64
         Mini-batch size (the reference uses the clients' batch size).
-    lr : float, default 0.05
+    lr : float, default 0.01
         SGD learning rate (the reference uses the clients' learning rate).
     seed : int, default 0
         Seeds the parameter initialisation and, with the fit number, the shuffles.
@@ -504,7 +504,7 @@ class PrototypeGenerator:
 
     def __init__(self, num_classes: int, feature_dim: int, hidden_dim: int | None = None,
                  margin_threshold: float = 100.0, epochs: int = 100, batch_size: int = 64,
-                 lr: float = 0.05, seed: int = 0, *, device: str | torch.device = "cpu") -> None:
+                 lr: float = 0.01, seed: int = 0, *, device: str | torch.device = "cpu") -> None:
         self.margin_threshold = _check_real("margin_threshold", margin_threshold, positive=False)
         self.epochs = _check_int("epochs", epochs, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)

@@ -144,7 +144,7 @@ class StrategyConfig:
     feature_bound: float = 8.0
     margin_threshold: float = 100.0
     server_epochs: int = 100
-    server_lr: float = 0.05
+    server_lr: float = 0.01
     server_batch_size: int = 64
 
     def __post_init__(self) -> None:

@@ -252,8 +252,8 @@ class FedTGPServer(PrototypeServer):
         ``tau``, the cap on the adaptive margin.
     server_epochs : int (default: 100)
         Generator epochs per round.
-    server_lr : float (default: 0.05)
-        SGD learning rate of the generator.
+    server_lr : float (default: 0.01)
+        SGD learning rate of the generator (the authors use the clients' rate).
     server_batch_size : int (default: 64)
         Mini-batch of uploaded prototypes.
     hidden_dim : int, optional
@@ -266,7 +266,7 @@ class FedTGPServer(PrototypeServer):
 
     def __init__(self, num_classes: int, feature_dim: int,
                  recipe: PrototypeRecipe | None = None, margin_threshold: float = 100.0,
-                 server_epochs: int = 100, server_lr: float = 0.05, server_batch_size: int = 64,
+                 server_epochs: int = 100, server_lr: float = 0.01, server_batch_size: int = 64,
                  hidden_dim: int | None = None, seed: int = 0) -> None:
         super().__init__(num_classes, feature_dim, recipe)
         from ..server_training import PrototypeGenerator   # torch, only where it trains
