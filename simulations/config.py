@@ -571,6 +571,9 @@ def _build(cls: type, raw: dict, where: str):
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown key(s) in [{where}]: {sorted(unknown)}; known: {sorted(known)}")
+    for f in fields(cls):
+        if f.type in ("bool", bool) and f.name in raw and not isinstance(raw[f.name], bool):
+            raise ConfigError(f"[{where}] {f.name} must be true or false, got {raw[f.name]!r}")
     try:
         return cls(**raw)
     except (TypeError, ValueError) as err:
@@ -623,7 +626,8 @@ def parse_overrides(text: str) -> dict[str, object]:
     """Parse ``"key=value key=value"`` (``flhet-sim --set`` syntax) into a dict.
 
     Entries are separated by whitespace (shell-style quoting groups a value that
-    contains spaces); each value is read as a Python literal, else kept as a string.
+    contains spaces); each value is read as a Python literal, else as a TOML value
+    (``true``, ``false``, ``{ name = "iid" }``), else kept as a string.
 
     Raises
     ------
@@ -642,9 +646,16 @@ def parse_overrides(text: str) -> dict[str, object]:
                 f"run config 'overrides': entry {entry!r} is not KEY=VALUE "
                 "(e.g. 'num_rounds=5 recipe.kd_weight=0.3')"
             )
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        changes[key.strip()] = value
+        changes[key.strip()] = _literal(raw)
     return changes
+
+
+def _literal(raw: str) -> object:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cli import main
+from simulations.cli import build_parser, main
 from simulations.config import ConfigError, from_dict, load_config
 from simulations.experiment import build_strategy, paillier_key_files
 
 CONFIGS = Path(__file__).resolve().parents[1] / "simulations" / "configs"
 MAIN = CONFIGS / "fmnist_hetero.toml"
+PROTO = CONFIGS / "fmnist_fedproto.toml"
 
 
 def _raw(**changes):
@@ -33,6 +34,18 @@ def test_main_config_is_the_heterogeneous_fashion_mnist_job():
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     assert load_config(path).num_rounds >= 1
+
+
+def test_set_reads_toml_booleans_and_refuses_a_string_for_a_switch():
+    """``--set dp.no_dp_baseline=false`` once read the string 'false', which is truthy."""
+    args = build_parser().parse_args(
+        ["run", "--config", str(PROTO), "--out", "x", "--set", "dp.enabled=true",
+         "--set", "dp.no_dp_baseline=false", "--set", "paillier.enabled=False"])
+    cfg = load_config(PROTO).with_overrides(**dict(args.overrides))
+    assert cfg.dp.enabled is True and cfg.dp.no_dp_baseline is False
+    assert cfg.paillier.enabled is False
+    with pytest.raises(ConfigError, match=r"\[dp\] enabled must be true or false, got 'yes'"):
+        load_config(PROTO).with_overrides(**{"dp.enabled": "yes"})
 
 
 def test_overrides_replace_top_level_and_section_fields():
