@@ -160,12 +160,24 @@ def test_central_release_is_the_per_class_mean_with_vanishing_noise() -> None:
 
 def test_a_class_whose_noisy_weight_is_too_small_gets_no_prototype() -> None:
     # Only client 0 replies: it lacks class 0, so that class has total weight 0 + noise.
-    # Noise std z S = 0.01 on every sum entry: the threshold is max(0.5, 2 z S) = 0.5.
+    # Noise std z S = 0.01 on every sum entry: the threshold is max(0.5, 4 z S) = 0.5.
     server = _server(DpSettings(1e-4, 100.0, "central", "flat", seed=0), population_size=N)
     outcome = server.aggregate(1, _replies([0]))
     protos, mask = server.innermost.prototypes
     assert mask.tolist() == [False] + [True] * (C - 1)
     assert not protos[0].any() and outcome.privacy["released_rows"] == C - 1
+
+
+def test_a_class_nobody_holds_is_almost_never_released_from_noise_alone() -> None:
+    # Only client 0 replies (it lacks class 0) under z S = 10 >> any real weight: class 0's
+    # weight is pure noise. At 4 stds it passes with probability 3e-5 a round (2 stds: 2.3%,
+    # about 46 of these 2,000 rounds).
+    server = _server(DpSettings(0.1, 100.0, "central", "flat", seed=3), population_size=N)
+    released = 0
+    for server_round in range(1, 2001):
+        server.aggregate(server_round, _replies([0]))
+        released += int(server.innermost.prototypes[1][0])
+    assert released <= 1
 
 
 # ------------------------------------------------------------------------- distributed
