@@ -293,10 +293,10 @@ class DpConfig:
     clip_mode : str
         ``"per-row"`` or ``"flat"``.
     min_margin : float
-        Release only consensus rows whose noisy top-1 beats the runner-up by this many
+        Consensus only: release only rows whose noisy top-1 beats the runner-up by this many
         noise standard deviations (post-processing, free); 0 releases (almost) all.
     min_rows : int
-        Release nothing in a round where fewer rows pass ``min_margin``.
+        Consensus only: release nothing in a round where fewer rows pass ``min_margin``.
     no_dp_baseline : bool
         Also run the same configuration without DP in the same invocation:
         ``baselines.no_dp``.

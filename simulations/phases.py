@@ -141,10 +141,11 @@ def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
     """``results.json`` ``privacy``: mechanism, noise, budget, epsilon spent, rounds run."""
     dp = privacy_wrapper(strategy)
     budget = dp.budget
+    release = ({} if cfg.strategy.prototypes   # the consensus's confident-row filter
+               else {"min_margin": cfg.dp.min_margin, "min_rows": cfg.dp.min_rows})
     return {
         "mode": cfg.dp.mode, "noise_multiplier": dp.noise_multiplier,
-        "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode,
-        "min_margin": cfg.dp.min_margin, "min_rows": cfg.dp.min_rows,
+        "clip_norm": cfg.dp.clip_norm, "clip_mode": cfg.dp.clip_mode, **release,
         "released_rows": [e.get("released_rows") for e in strategy.history if "epsilon" in e],
         "sampling": budget.sampling, "delta": budget.target_delta,
         "target_epsilon": cfg.dp.target_epsilon, "max_epsilon": budget.max_epsilon,

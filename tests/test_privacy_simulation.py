@@ -46,6 +46,7 @@ def test_dp_run_reports_epsilon_every_round_and_stops_at_the_budget(tmp_path):
         assert entry["delta"] == 1e-5
     privacy = results["privacy"]
     assert privacy["stopped_at"] == 3 and privacy["rounds_run"] == 2
+    assert privacy["min_margin"] == 2.0 and privacy["min_rows"] == 10
     assert privacy["epsilon"] <= budget
     # Stopped cleanly: results, report, server state and ledger are on disk.
     saved = json.loads((tmp_path / "results.json").read_text())
