@@ -17,6 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .algorithms.prototypes import (
+    TGP_MARGIN_THRESHOLD,
+    TGP_SERVER_BATCH_SIZE,
+    TGP_SERVER_EPOCHS,
+    TGP_SERVER_LR,
+)
+
 __all__ = [
     "DISTANCE_EPS",
     "TrainablePrototypes",
@@ -262,7 +269,8 @@ def class_gaps(prototypes: Any, labels: Any) -> dict[int, float]:
     return {c: float(g) for c, g in zip(classes, dist.min(axis=1))}
 
 
-def adaptive_margin(prototypes: Any, labels: Any, margin_threshold: float = 100.0) -> float:
+def adaptive_margin(prototypes: Any, labels: Any,
+                    margin_threshold: float = TGP_MARGIN_THRESHOLD) -> float:
     """FedTGP's adaptive margin ``δ = min(max_c gap_c, τ)`` of one round's uploads.
 
     Parameters
@@ -503,8 +511,9 @@ class PrototypeGenerator:
     """
 
     def __init__(self, num_classes: int, feature_dim: int, hidden_dim: int | None = None,
-                 margin_threshold: float = 100.0, epochs: int = 100, batch_size: int = 64,
-                 lr: float = 0.01, seed: int = 0, *, device: str | torch.device = "cpu") -> None:
+                 margin_threshold: float = TGP_MARGIN_THRESHOLD,
+                 epochs: int = TGP_SERVER_EPOCHS, batch_size: int = TGP_SERVER_BATCH_SIZE,
+                 lr: float = TGP_SERVER_LR, seed: int = 0, *, device: str | torch.device = "cpu") -> None:
         self.margin_threshold = _check_real("margin_threshold", margin_threshold, positive=False)
         self.epochs = _check_int("epochs", epochs, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from flhet_strategies.aggregation.logit_consensus import ConsensusConfig
-from flhet_strategies.algorithms.prototypes import PROTOTYPE_WEIGHTINGS
+from flhet_strategies.algorithms.prototypes import (
+    PROTOTYPE_WEIGHTINGS,
+    TGP_MARGIN_THRESHOLD,
+    TGP_SERVER_BATCH_SIZE,
+    TGP_SERVER_EPOCHS,
+    TGP_SERVER_LR,
+)
 from flhet_strategies.algorithms.recipes import DistillationRecipe, PrototypeRecipe
 from flhet_strategies.privacy.dp.clipping import CLIP_MODES
 from flhet_strategies.privacy.dp.settings import DP_MODES
@@ -142,10 +148,10 @@ class StrategyConfig:
     feature_dim: int | None = None
     weighting: str | None = None
     feature_bound: float = 8.0
-    margin_threshold: float = 100.0
-    server_epochs: int = 100
-    server_lr: float = 0.01
-    server_batch_size: int = 64
+    margin_threshold: float = TGP_MARGIN_THRESHOLD
+    server_epochs: int = TGP_SERVER_EPOCHS
+    server_lr: float = TGP_SERVER_LR
+    server_batch_size: int = TGP_SERVER_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:

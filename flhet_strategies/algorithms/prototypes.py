@@ -36,6 +36,15 @@ or 1 for every class it holds (the authors' code; what differential privacy need
 
 _METRICS = ("train_loss", "aux_loss")
 
+TGP_MARGIN_THRESHOLD = 100.0
+"""FedTGP's ``tau``, the cap on the adaptive margin (the authors' default)."""
+TGP_SERVER_EPOCHS = 100
+"""FedTGP's generator epochs per round (the authors' default)."""
+TGP_SERVER_LR = 0.01
+"""FedTGP's generator SGD learning rate (the authors use the clients' rate)."""
+TGP_SERVER_BATCH_SIZE = 64
+"""FedTGP's mini-batch of uploaded prototypes (the authors use the clients' batch)."""
+
 
 class PrototypeServer(ServerAlgorithm):
     """What FedProto's and FedTGP's server halves share: instructions and validation.
@@ -272,8 +281,10 @@ class FedTGPServer(PrototypeServer):
     name = "fedtgp"
 
     def __init__(self, num_classes: int, feature_dim: int,
-                 recipe: PrototypeRecipe | None = None, margin_threshold: float = 100.0,
-                 server_epochs: int = 100, server_lr: float = 0.01, server_batch_size: int = 64,
+                 recipe: PrototypeRecipe | None = None,
+                 margin_threshold: float = TGP_MARGIN_THRESHOLD,
+                 server_epochs: int = TGP_SERVER_EPOCHS, server_lr: float = TGP_SERVER_LR,
+                 server_batch_size: int = TGP_SERVER_BATCH_SIZE,
                  hidden_dim: int | None = None, seed: int = 0) -> None:
         super().__init__(num_classes, feature_dim, recipe)
         from ..server_training import PrototypeGenerator   # torch, only where it trains
@@ -319,4 +330,5 @@ class FedTGPServer(PrototypeServer):
 
 
 __all__ = ["FedProtoServer", "FedTGPServer", "PROTOTYPE_WEIGHTINGS", "PrototypeServer",
-           "PrototypeSumRule", "SUM_RULE"]
+           "PrototypeSumRule", "RELEASE_STDS", "SUM_RULE", "TGP_MARGIN_THRESHOLD",
+           "TGP_SERVER_BATCH_SIZE", "TGP_SERVER_EPOCHS", "TGP_SERVER_LR"]
