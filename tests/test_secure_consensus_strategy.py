@@ -335,7 +335,8 @@ def test_foreign_key_malformed_and_plaintext_replies_are_rejected_and_the_round_
                                              reason=error), reply_to=msg))
         return transported(Message(RecordDict({
             wire.ARRAYS: arrays_to_record(arrays),
-            wire.METRICS: MetricRecord({"num-examples": 100, "client-id": client_id})}),
+            wire.METRICS: MetricRecord({"num-examples": int(np.sum(arrays.get(
+                "class_counts", 100))), "client-id": client_id})}),
             reply_to=msg))
 
     layout = spec.sum_layout

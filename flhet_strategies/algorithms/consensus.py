@@ -202,6 +202,9 @@ class ConsensusDistillation(ServerAlgorithm):
         valid, rejected = [], {}
         for reply in sorted(replies, key=lambda r: client_sort_key(r.client_id)):
             try:
+                if wire.LOGITS not in reply.arrays:
+                    raise PayloadError(f"the reply has no '{wire.LOGITS}' array; found "
+                                       f"{sorted(reply.arrays)}")
                 valid.append(validate_payload(self.payload(reply), expected, self.num_classes,
                                               need_counts))
             except PayloadError as err:

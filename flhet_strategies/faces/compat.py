@@ -20,6 +20,7 @@ from flwr.server.strategy import Strategy
 
 from ..protocol import ServerAlgorithm
 from .views import FaceViews
+from ..aggregation.claims import ClaimCheck
 from .driver import RoundDriver, client_id_of
 from .records import (
     arrays_from_evaluate_metrics,
@@ -55,18 +56,22 @@ class CompatStrategy(FaceViews, Strategy):
         Seed of the client sampler.
     phase : str (default: "main")
         Name of this run, sent with every instruction (clients keep one model per phase).
+    claims : ClaimCheck, optional
+        Screens the training replies' client ids, example counts and label histograms
+        before the algorithm sees them (default: duplicate ids and histograms that
+        disagree with the count are rejected; caps and enrollment are opt-in).
     """
 
     def __init__(self, algorithm: ServerAlgorithm, *, num_rounds: int | None = None,
                  fraction_fit: float = 1.0, fraction_evaluate: float = 1.0,
                  min_available_clients: int = 2, evaluate_every: int = 1, seed: int = 0,
-                 phase: str = "main") -> None:
+                 phase: str = "main", claims: ClaimCheck | None = None) -> None:
         super().__init__()
         self.driver = RoundDriver(algorithm, fraction_train=fraction_fit,
                                   fraction_evaluate=fraction_evaluate,
                                   min_available=min_available_clients,
                                   evaluate_every=evaluate_every, seed=seed, phase=phase,
-                                  num_rounds=num_rounds)
+                                  num_rounds=num_rounds, claims=claims)
 
     init_face = __init__
     """The face's own constructor (for named strategies that build their server half first)."""
@@ -82,7 +87,8 @@ class CompatStrategy(FaceViews, Strategy):
         d = self.driver
         return {"num_rounds": d.num_rounds, "fraction_fit": d.fraction_train,
                 "fraction_evaluate": d.fraction_evaluate, "min_available_clients": d.min_available,
-                "evaluate_every": d.evaluate_every, "seed": d.seed, "phase": d.phase}
+                "evaluate_every": d.evaluate_every, "seed": d.seed, "phase": d.phase,
+                "claims": d.claims}
 
     @property
     def fraction_fit(self) -> float:

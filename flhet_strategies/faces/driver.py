@@ -14,6 +14,7 @@ import numpy as np
 from flwr.common.logger import log
 
 from .. import wire
+from ..aggregation.claims import ClaimCheck
 from ..history import RoundHistory
 from ..protocol import Instruction, Outcome, Reply, ServerAlgorithm
 
@@ -74,12 +75,16 @@ class RoundDriver:
         Sent as ``flhet-phase``; clients keep one model per phase.
     num_rounds : int, optional
         Total rounds, when known before the run (compat API).
+    claims : ClaimCheck, optional
+        Screens every training reply's client id, example count and label histogram
+        before the algorithm sees it (default: ``ClaimCheck()``: duplicate ids and
+        histograms that disagree with the count are rejected).
     """
 
     def __init__(self, algorithm: ServerAlgorithm, *, fraction_train: float = 1.0,
                  fraction_evaluate: float = 1.0, min_available: int = 2,
                  evaluate_every: int = 1, seed: int = 0, phase: str = "main",
-                 num_rounds: int | None = None) -> None:
+                 num_rounds: int | None = None, claims: ClaimCheck | None = None) -> None:
         if not isinstance(algorithm, ServerAlgorithm):
             raise TypeError(f"algorithm must be a ServerAlgorithm, got {type(algorithm).__name__}")
         if not 0.0 < fraction_train <= 1.0 or not 0.0 <= fraction_evaluate <= 1.0:
@@ -92,7 +97,10 @@ class RoundDriver:
             raise ValueError(f"evaluate_every must be at least 1, got {evaluate_every}")
         if num_rounds is not None and num_rounds < 1:
             raise ValueError(f"num_rounds must be at least 1, got {num_rounds}")
+        if claims is not None and not isinstance(claims, ClaimCheck):
+            raise TypeError(f"claims must be a ClaimCheck, got {type(claims).__name__}")
         self.algorithm = algorithm
+        self.claims = ClaimCheck() if claims is None else claims
         self.fraction_train = float(fraction_train)
         self.fraction_evaluate = float(fraction_evaluate)
         self.min_available = int(min_available)
@@ -189,11 +197,14 @@ class RoundDriver:
                         failures: int) -> tuple[Outcome | None, dict[str, float]]:
         """Aggregate the round's replies; return the outcome and the round metrics.
 
-        Returns ``(None, {})`` for a refused round.
+        Replies whose claims fail :attr:`claims` are rejected before the algorithm
+        aggregates the others. Returns ``(None, {})`` for a refused round.
         """
         if self.is_refused(server_round):
             return None, {}
-        outcome = self.algorithm.aggregate(server_round, list(replies))
+        passed, refused = self.claims.screen(server_round, list(replies))
+        outcome = self.algorithm.aggregate(server_round, passed)
+        outcome.rejected = {**refused, **outcome.rejected}
         bytes_up = sum(reply.nbytes for reply in replies)
         self.history.record_train(server_round, outcome, failures, bytes_up)
         metrics: dict[str, float] = {

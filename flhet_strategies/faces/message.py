@@ -11,6 +11,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from ..aggregation.claims import ClaimCheck
 from ..protocol import ServerAlgorithm
 from .views import FaceViews
 from .driver import RoundDriver
@@ -40,15 +41,21 @@ class MessageStrategy(FaceViews, Strategy):
     phase : str (default: "main")
         Name of this run, sent with every message; clients keep one model per phase,
         so one federation can host several runs (e.g. a local-only baseline).
+    claims : ClaimCheck, optional
+        Screens the training replies' client ids, example counts and label histograms
+        before the algorithm sees them (default: duplicate ids and histograms that
+        disagree with the count are rejected; caps and enrollment are opt-in).
     """
 
     def __init__(self, algorithm: ServerAlgorithm, *, fraction_train: float = 1.0,
                  fraction_evaluate: float = 1.0, min_available_nodes: int = 2,
-                 evaluate_every: int = 1, seed: int = 0, phase: str = "main") -> None:
+                 evaluate_every: int = 1, seed: int = 0, phase: str = "main",
+                 claims: ClaimCheck | None = None) -> None:
         self.driver = RoundDriver(algorithm, fraction_train=fraction_train,
                                   fraction_evaluate=fraction_evaluate,
                                   min_available=min_available_nodes,
-                                  evaluate_every=evaluate_every, seed=seed, phase=phase)
+                                  evaluate_every=evaluate_every, seed=seed, phase=phase,
+                                  claims=claims)
 
     init_face = __init__
     """The face's own constructor (for named strategies that build their server half first)."""
@@ -64,7 +71,7 @@ class MessageStrategy(FaceViews, Strategy):
         d = self.driver
         return {"fraction_train": d.fraction_train, "fraction_evaluate": d.fraction_evaluate,
                 "min_available_nodes": d.min_available, "evaluate_every": d.evaluate_every,
-                "seed": d.seed, "phase": d.phase}
+                "seed": d.seed, "phase": d.phase, "claims": d.claims}
 
     @property
     def fraction_train(self) -> float:
