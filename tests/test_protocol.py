@@ -105,6 +105,16 @@ def test_driver_refuses_a_round_the_algorithm_refuses_and_evaluates_the_last() -
     assert driver.history.rounds[0]["bytes_up"] == 24
 
 
+def test_driver_reports_progress_with_an_eta_from_the_mean_round(monkeypatch) -> None:
+    clock = iter([100.0, 130.0])   # round 1 starts at 100 s; round 3 ends at 130 s
+    monkeypatch.setattr("flhet_strategies.faces.driver._clock", lambda: next(clock))
+    driver = RoundDriver(Scripted(), phase="main")
+    assert driver.progress(1) == "[main] round 1"          # before planning or training
+    driver.plan(10)
+    driver.train(1, ["a"])
+    assert driver.progress(3) == "[main] round 3/10, 30 s elapsed, ETA 70 s"
+
+
 class Tasked(Scripted):
     """Asks one node for a task after every round (as the secure sum's decryption)."""
 

@@ -7,6 +7,7 @@ Message-API and compat faces only move those in and out of Flower's types.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from logging import INFO
 
@@ -17,6 +18,9 @@ from .. import wire
 from ..aggregation.claims import ClaimCheck
 from ..history import RoundHistory
 from ..protocol import Instruction, Outcome, Reply, ServerAlgorithm
+
+_clock = time.perf_counter
+"""The clock of the progress line (a name, so tests can set it)."""
 
 
 def sample_fraction(items: Sequence, fraction: float, seed: int, server_round: int) -> list:
@@ -113,6 +117,7 @@ class RoundDriver:
         self._refused: set[int] = set()
         self._cohorts: dict[int, int] = {}
         self._train_nodes: dict[int, list[str]] = {}
+        self._first_round: tuple[int, float] | None = None
         self.num_rounds = num_rounds
         algorithm.num_rounds = num_rounds
 
@@ -181,6 +186,8 @@ class RoundDriver:
             self._refused.add(server_round)
             return {}
         self._train_nodes = {server_round: list(nodes)}
+        if self._first_round is None:
+            self._first_round = (server_round, _clock())
         instructions = self.algorithm.instructions(server_round, list(nodes))
         final = self.num_rounds is not None and server_round >= self.num_rounds
         for instruction in instructions.values():
@@ -207,6 +214,8 @@ class RoundDriver:
         outcome.rejected = {**refused, **outcome.rejected}
         bytes_up = sum(reply.nbytes for reply in replies)
         self.history.record_train(server_round, outcome, failures, bytes_up)
+        log(INFO, "%s: %s accepted, %s rejected, %s failed", self.progress(server_round),
+            len(outcome.accepted), len(outcome.rejected), failures)
         metrics: dict[str, float] = {
             "num-accepted": float(len(outcome.accepted)),
             "num-rejected": float(len(outcome.rejected) + failures),
@@ -216,6 +225,17 @@ class RoundDriver:
             if key in outcome.privacy:
                 metrics[key] = float(outcome.privacy[key])
         return outcome, metrics
+
+    def progress(self, server_round: int) -> str:
+        """``"[phase] round i/N, 42 s elapsed, ETA 380 s"`` (the ETA from the mean round)."""
+        label = f"[{self.phase}] round {server_round}"
+        if self.num_rounds is None or self._first_round is None:
+            return label
+        first, started = self._first_round
+        elapsed = _clock() - started
+        done = server_round - first + 1
+        eta = elapsed / max(done, 1) * max(self.num_rounds - server_round, 0)
+        return f"{label}/{self.num_rounds}, {elapsed:.0f} s elapsed, ETA {eta:.0f} s"
 
     # ------------------------------------------------------------------ evaluation
 
