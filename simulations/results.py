@@ -53,7 +53,8 @@ def _baseline_entry(rows: list[dict]) -> dict:
         "client_accuracy_mean": rows[-1]["client_accuracy_mean"],
         "global_accuracy_mean": rows[-1]["global_accuracy_mean"],
         "per_client": rows[-1]["per_client"],
-        "history": [{k: r[k] for k in HISTORY_KEYS} for r in rows],
+        "history": [{**{k: r[k] for k in HISTORY_KEYS}, "per_client": r["per_client"]}
+                    for r in rows],
     }
 
 
