@@ -2,7 +2,7 @@
 
 An algorithm is a Flower-free server half (:mod:`flhet_strategies.algorithms`) driven by
 one generic face per Flower API (:class:`MessageStrategy`, :class:`CompatStrategy`);
-the named strategies (:class:`FedConsensus`, :class:`FedProto`, :class:`FedTGP`, ...)
+the named strategies (:class:`FedConsensus`, :class:`FedProto`, :class:`LGFedAvg`, ...)
 are a server half in a face. Differential privacy (:class:`DifferentialPrivacy`) and
 the Paillier secure sum (:class:`SecureSum`) wrap any server half whose aggregate is a
 weighted sum. Imports are lazy, so the Flower-free modules stay free of Flower.
@@ -29,11 +29,16 @@ _EXPORTS = {
     "FedProtoCompat": "flhet_strategies.strategies",
     "FedTGP": "flhet_strategies.strategies",
     "FedTGPCompat": "flhet_strategies.strategies",
+    "LGFedAvg": "flhet_strategies.strategies",
+    "LGFedAvgCompat": "flhet_strategies.strategies",
+    "FedGH": "flhet_strategies.strategies",
+    "FedGHCompat": "flhet_strategies.strategies",
     # server halves and recipes
     "ConsensusDistillation": "flhet_strategies.algorithms.consensus",
     "ConsensusConfig": "flhet_strategies.aggregation.logit_consensus",
     "DistillationRecipe": "flhet_strategies.algorithms.recipes",
     "PrototypeRecipe": "flhet_strategies.algorithms.recipes",
+    "SharedHeadRecipe": "flhet_strategies.algorithms.recipes",
     # privacy
     "DifferentialPrivacy": "flhet_strategies.privacy.dp.mechanism",
     "DpSettings": "flhet_strategies.privacy.dp.settings",

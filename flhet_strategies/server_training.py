@@ -2,8 +2,9 @@
 
 FedTGP (Zhang et al., AAAI 2024, https://arxiv.org/abs/2401.03230): trainable global
 prototypes (TGP) learned with adaptive-margin-enhanced contrastive learning (ACL).
-FedDF distillation and FedGH head training will join this module. Details, and where
-the authors' code and the paper differ: ``docs/server_training.md``.
+FedGH (Yi et al., ACM MM 2023, https://arxiv.org/abs/2305.13137): a global head trained
+with cross-entropy on the clients' class prototypes. FedDF distillation will join.
+Details, and where the authors' code and the paper differ: ``docs/server_training.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "state_arrays",
     "load_state_arrays",
     "PrototypeGenerator",
+    "train_head",
 ]
 
 DISTANCE_EPS = 1e-12
@@ -396,26 +398,35 @@ def train_prototypes(model: TrainablePrototypes, prototypes: Any, labels: Any, *
     protos, labs = _as_prototypes(prototypes, labels, model.num_classes, model.feature_dim,
                                   allow_empty=False)
     margin = _check_real("margin", margin, positive=False)
+    device, dtype = _model_place(model)
+    x = torch.from_numpy(np.array(protos, dtype=np.float64)).to(device=device, dtype=dtype)
+    y = torch.from_numpy(np.array(labs, dtype=np.int64)).to(device=device)
+    model.train()
+    return _sgd_epochs(model.parameters(), len(x),
+                       lambda index: acl_loss(x[index], y[index], model.prototypes(), margin),
+                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+
+
+def _sgd_epochs(parameters: Iterable[nn.Parameter], count: int, batch_loss, *, epochs: int,
+                batch_size: int, lr: float, seed: int, device: torch.device | str = "cpu",
+                ) -> list[float]:
+    """Plain SGD over ``count`` items: ``epochs`` reshuffled passes (a ``torch.Generator``
+    seeded by ``seed``) in mini-batches; ``batch_loss(index)`` is a batch's mean loss.
+    Returns each epoch's mean loss (batch losses weighted by size)."""
     epochs = _check_int("epochs", epochs, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     lr = _check_real("lr", lr, positive=True)
     seed = _check_int("seed", seed, 0)
-
-    device, dtype = _model_place(model)
-    x = torch.from_numpy(np.array(protos, dtype=np.float64)).to(device=device, dtype=dtype)
-    y = torch.from_numpy(np.array(labs, dtype=np.int64)).to(device=device)
-    count = x.shape[0]
     shuffle = torch.Generator(device="cpu")
     shuffle.manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    model.train()
+    optimizer = torch.optim.SGD(parameters, lr=lr)
     losses: list[float] = []
     for _ in range(epochs):
         order = torch.randperm(count, generator=shuffle).to(device)
         total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, count, batch_size):
             index = order[start:start + batch_size]
-            loss = acl_loss(x[index], y[index], model.prototypes(), margin)
+            loss = batch_loss(index)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -638,3 +649,65 @@ class PrototypeGenerator:
         load_state_arrays(self.model, {k[len("model."):]: v for k, v in state.items()
                                        if k.startswith("model.")})
         self.num_fits = int(num_fits)
+
+
+# ---------------------------------------------------------------------------
+# FedGH: the generalized global head
+# ---------------------------------------------------------------------------
+
+
+def train_head(head: Any, prototypes: Any, labels: Any, *, epochs: int, batch_size: int,
+               lr: float, seed: int) -> tuple[np.ndarray, list[float]]:
+    """FedGH's server step: train a linear head with cross-entropy on uploaded prototypes.
+
+    As HtFLlib's ``servergh.py``: a fresh plain SGD optimizer, ``epochs`` passes over
+    the ``K`` ``(prototype, class)`` pairs in shuffled mini-batches of ``batch_size``
+    (the last may be smaller), loss ``CE(W p + b, y)`` averaged over a batch. Runs in
+    float32 on the CPU with a ``torch.Generator`` seeded by ``seed``; torch's global RNG
+    is not touched.
+
+    Parameters
+    ----------
+    head : array_like
+        The head to start from, ``(C, d + 1)``: the weight with the bias as the last column.
+    prototypes : array_like
+        Shape ``(K, d)``, finite, ``K >= 1``.
+    labels : array_like of int
+        Shape ``(K,)``, values in ``[0, C)``.
+    epochs, batch_size : int
+        Passes (>= 1) and mini-batch size (>= 1).
+    lr : float
+        SGD learning rate (> 0).
+    seed : int
+        Seed (>= 0) of the shuffles.
+
+    Returns
+    -------
+    head : numpy.ndarray
+        The trained head, ``(C, d + 1)`` float32 (the input is not modified).
+    losses : list of float
+        Per epoch, the mean loss over the ``K`` pairs (batch losses weighted by size).
+
+    Raises
+    ------
+    ValueError
+        On bad shapes, NaN/Inf, labels out of range, an empty set or bad settings.
+    """
+    start = np.asarray(head, dtype=np.float64)
+    if start.ndim != 2 or start.shape[1] < 2 or not np.all(np.isfinite(start)):
+        raise ValueError(f"head must be a finite (C, d + 1) array, got shape {start.shape}")
+    num_classes, feature_dim = start.shape[0], start.shape[1] - 1
+    protos, labs = _as_prototypes(prototypes, labels, num_classes, feature_dim,
+                                  allow_empty=False)
+    layer = nn.Linear(feature_dim, num_classes)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(start[:, :-1]))
+        layer.bias.copy_(torch.from_numpy(start[:, -1]))
+    x = torch.from_numpy(np.array(protos, dtype=np.float32))
+    y = torch.from_numpy(np.array(labs, dtype=np.int64))
+    losses = _sgd_epochs(layer.parameters(), len(x),
+                         lambda index: F.cross_entropy(layer(x[index]), y[index]),
+                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    with torch.no_grad():
+        trained = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
+    return trained.numpy().astype(np.float32), losses

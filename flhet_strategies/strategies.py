@@ -13,7 +13,8 @@ from phe import PaillierPublicKey
 from .aggregation.logit_consensus import ConsensusConfig
 from .algorithms.consensus import ConsensusDistillation
 from .algorithms.prototypes import FedProtoServer, FedTGPServer
-from .algorithms.recipes import DistillationRecipe, PrototypeRecipe
+from .algorithms.recipes import DistillationRecipe, PrototypeRecipe, SharedHeadRecipe
+from .algorithms.shared_head import HEAD_BOUND, FedGHServer, LGFedAvgServer
 from .faces.compat import CompatStrategy
 from .faces.message import MessageStrategy
 from .privacy.dp.budget import RoundBudget
@@ -176,18 +177,30 @@ def fedproto_algorithm(num_classes: int, feature_dim: int,
     See :class:`FedProto` for the parameters. Under DP every held class weighs 1
     (``weighting="class_presence"``): exact class counts would be private data.
     """
+    def build(rule: str) -> FedProtoServer:
+        return FedProtoServer(num_classes, feature_dim, recipe, rule, feature_bound)
+
+    return _summed(build, weighting, ("class_counts", "class_presence"), privacy, privacy_budget,
+                   population, fraction, private="every held class by 1",
+                   counts="class counts")
+
+
+def _summed(build, weighting: str | None, rules: tuple[str, str],
+            privacy: DpSettings | None, privacy_budget: RoundBudget | None, population: int,
+            fraction: float, *, private: str, counts: str) -> ServerAlgorithm:
+    """``build(rule)``: in plaintext with ``weighting`` (default ``rules[0]``); under
+    ``privacy`` with ``rules[1]`` (what DP allows: it weighs ``private``, since ``counts``
+    are private data), wrapped in differential privacy."""
+    plain, public = rules
     if privacy is None:
         if privacy_budget is not None:
             raise ValueError("privacy_budget given without privacy (a DpSettings)")
-        return FedProtoServer(num_classes, feature_dim, recipe, weighting or "class_counts",
-                              feature_bound)
-    if weighting not in (None, "class_presence"):
-        raise ValueError("differential privacy weights every held class by 1 "
-                         f"(weighting='class_presence'), not {weighting!r}: class counts are "
-                         "private data")
-    core = FedProtoServer(num_classes, feature_dim, recipe, "class_presence", feature_bound)
-    return DifferentialPrivacy(core, privacy, privacy_budget, population_size=population,
-                               fraction=fraction)
+        return build(weighting or plain)
+    if weighting not in (None, public):
+        raise ValueError(f"differential privacy weights {private} (weighting={public!r}), not "
+                         f"{weighting!r}: {counts} are private data")
+    return DifferentialPrivacy(build(public), privacy, privacy_budget,
+                               population_size=population, fraction=fraction)
 
 
 class _FedProto:
@@ -247,17 +260,28 @@ _TGP_OPTIONS = ("margin_threshold", "server_epochs", "server_lr", "server_batch_
                 "hidden_dim")
 
 
-class _FedTGP:
-    """FedTGP's constructor for either face (a mixin; the face comes second)."""
+class _Trained:
+    """The constructor of a strategy whose server trains on every upload, for either face
+    (a mixin; the face comes second). There is no sum, so no privacy wrapper."""
 
-    def __init__(self, num_classes: int, feature_dim: int, recipe: PrototypeRecipe | None = None,
-                 **options) -> None:
+    server_type: type = ServerAlgorithm
+    options: tuple[str, ...] = ()
+    refusal = ""
+
+    def __init__(self, num_classes: int, feature_dim: int, recipe=None, **options) -> None:
         if "privacy" in options:
-            raise ValueError("FedTGP trains on every client's prototypes: there is no sum to "
-                             "privatize or encrypt (use FedProto for DP and secure sums)")
-        server = {k: options.pop(k) for k in _TGP_OPTIONS if k in options}
-        self.init_face(FedTGPServer(num_classes, feature_dim, recipe,
-                                    seed=options.get("seed", 0), **server), **options)
+            raise ValueError(self.refusal)
+        server = {k: options.pop(k) for k in self.options if k in options}
+        self.init_face(self.server_type(num_classes, feature_dim, recipe,
+                                        seed=options.get("seed", 0), **server), **options)
+
+
+class _FedTGP(_Trained):
+    """FedTGP's constructor for either face."""
+
+    server_type, options = FedTGPServer, _TGP_OPTIONS
+    refusal = ("FedTGP trains on every client's prototypes: there is no sum to privatize or "
+               "encrypt (use FedProto for DP and secure sums)")
 
 
 class FedTGP(_FedTGP, MessageStrategy):
@@ -285,6 +309,111 @@ class FedTGP(_FedTGP, MessageStrategy):
 
 class FedTGPCompat(_FedTGP, CompatStrategy):
     """:class:`FedTGP` for the compat API (face options of
+    :class:`~flhet_strategies.faces.compat.CompatStrategy`)."""
+
+
+def lgfedavg_algorithm(num_classes: int, feature_dim: int,
+                       recipe: SharedHeadRecipe | None = None, weighting: str | None = None,
+                       head_bound: float = HEAD_BOUND, seed: int = 0,
+                       privacy: DpSettings | None = None,
+                       privacy_budget: RoundBudget | None = None, *, population: int = 2,
+                       fraction: float = 1.0) -> ServerAlgorithm:
+    """LG-FedAvg's server half, wrapped in differential privacy when ``privacy`` is set.
+
+    See :class:`LGFedAvg` for the parameters. Under DP every client weighs 1
+    (``weighting="uniform"``): example counts would change the sensitivity.
+    """
+    def build(rule: str) -> LGFedAvgServer:
+        return LGFedAvgServer(num_classes, feature_dim, recipe, rule, head_bound, seed)
+
+    return _summed(build, weighting, ("sample_count", "uniform"), privacy, privacy_budget,
+                   population, fraction, private="every client by 1",
+                   counts="example counts")
+
+
+class _LGFedAvg:
+    """LG-FedAvg's constructor for either face (a mixin; the face comes second)."""
+
+    def __init__(self, num_classes: int, feature_dim: int,
+                 recipe: SharedHeadRecipe | None = None, weighting: str | None = None,
+                 head_bound: float = HEAD_BOUND, privacy: DpSettings | None = None,
+                 privacy_budget: RoundBudget | None = None, **face) -> None:
+        self.init_face(lgfedavg_algorithm(num_classes, feature_dim, recipe, weighting,
+                                          head_bound, face.get("seed", 0), privacy,
+                                          privacy_budget, **self.population(face)), **face)
+
+
+class LGFedAvg(_LGFedAvg, MessageStrategy):
+    """LG-FedAvg (Liang et al., 2020, https://arxiv.org/abs/2001.01523), Message API.
+
+    Clients keep their own bodies (any architecture, each ending in a projection adapter
+    into one common feature space) and share the linear head: each round they load the
+    global head, train the whole model, and send their head; the global head is the
+    sample-weighted mean. Pair it with :func:`clients.faces.client_app.flhet_client_app`
+    and learners that embed (zoo models built with ``feature_dim``).
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes.
+    feature_dim : int
+        Width of the common feature space.
+    recipe : SharedHeadRecipe, optional
+        The client recipe (epochs; ``use_global_head=False`` for a local-only run).
+    weighting : str, optional
+        ``"sample_count"`` (the paper; default) or ``"uniform"`` (forced under DP).
+    head_bound : float (default: 4.0)
+        Public bound on a head entry for a secure sum.
+    privacy : DpSettings, optional
+        Client-level DP of the released head (central or distributed).
+    privacy_budget : RoundBudget, optional
+        Its accounting (default: the face's ``min_available_nodes`` clients, no limit).
+    **face
+        The parameters of :class:`~flhet_strategies.faces.message.MessageStrategy`
+        (``seed`` also seeds the initial head).
+    """
+
+
+class LGFedAvgCompat(_LGFedAvg, CompatStrategy):
+    """:class:`LGFedAvg` for the compat API; ``**face`` are the parameters of
+    :class:`~flhet_strategies.faces.compat.CompatStrategy`."""
+
+
+_GH_OPTIONS = ("server_epochs", "server_lr", "server_batch_size")
+
+
+class _FedGH(_Trained):
+    """FedGH's constructor for either face."""
+
+    server_type, options = FedGHServer, _GH_OPTIONS
+    refusal = ("FedGH trains its head on every client's prototypes: there is no sum to "
+               "privatize or encrypt (use LGFedAvg for DP and secure sums)")
+
+
+class FedGH(_FedGH, MessageStrategy):
+    """FedGH (Yi et al., ACM MM'23, https://arxiv.org/abs/2305.13137), Message API.
+
+    Clients load the global head, train their whole model and upload per-class mean
+    features; the server trains the generalized global head with cross-entropy on the
+    uploaded ``(prototype, class)`` pairs and sends it back.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes.
+    feature_dim : int
+        Width of the common feature space.
+    recipe : SharedHeadRecipe, optional
+        The client recipe.
+    **options
+        The head's training (:class:`~flhet_strategies.algorithms.shared_head.FedGHServer`:
+        ``server_epochs``, ``server_lr``, ``server_batch_size``) and the parameters of
+        :class:`~flhet_strategies.faces.message.MessageStrategy`.
+    """
+
+
+class FedGHCompat(_FedGH, CompatStrategy):
+    """:class:`FedGH` for the compat API (face options of
     :class:`~flhet_strategies.faces.compat.CompatStrategy`)."""
 
 
@@ -347,6 +476,7 @@ class SecureConsensusCompat(_Secured, CompatStrategy):
     face_type = CompatStrategy
 
 
-__all__ = ["FedConsensus", "FedConsensusCompat", "FedProto", "FedProtoCompat", "FedTGP",
-           "FedTGPCompat", "SecureConsensus", "SecureConsensusCompat", "consensus_algorithm",
-           "fedproto_algorithm"]
+__all__ = ["FedConsensus", "FedConsensusCompat", "FedGH", "FedGHCompat", "FedProto",
+           "FedProtoCompat", "FedTGP", "FedTGPCompat", "LGFedAvg", "LGFedAvgCompat",
+           "SecureConsensus", "SecureConsensusCompat", "consensus_algorithm",
+           "fedproto_algorithm", "lgfedavg_algorithm"]

@@ -61,6 +61,13 @@ PROTOTYPE_MASK = "prototype_mask"
 PROTOTYPES = "prototypes"
 """Reply: the client's per-class mean features (zero rows for classes it lacks)."""
 
+# --- shared heads (LG-FedAvg / FedGH) -------------------------------------------------------
+GLOBAL_HEAD = "global_head"
+"""Instruction: the global head ``(num_classes, feature_dim + 1)``, its weight with the bias
+as the last column."""
+HEAD = "head"
+"""Reply (LG-FedAvg): the client's trained head, laid out as :data:`GLOBAL_HEAD`."""
+
 # --- differential privacy -------------------------------------------------------------------
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 """Config: ``z``, noise std on the sum of the cohort's clipped replies over their bound."""

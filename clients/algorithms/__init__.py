@@ -14,6 +14,8 @@ _HALVES = {
     "consensus": ("clients.algorithms.consensus", "ConsensusClient"),
     "fedproto": ("clients.algorithms.prototypes", "PrototypeClient"),
     "fedtgp": ("clients.algorithms.prototypes", "PrototypeClient"),
+    "lgfedavg": ("clients.algorithms.shared_head", "LGFedAvgClient"),
+    "fedgh": ("clients.algorithms.shared_head", "FedGHClient"),
 }
 
 

@@ -7,9 +7,12 @@ non-floating dtype, NaN/Inf, or a bad example count, with a message that says wh
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..protocol import Reply, client_sort_key
 
 
 class PayloadError(ValueError):
@@ -62,6 +65,33 @@ def check_floating(name: str, value: object, shape: tuple[int, ...]) -> np.ndarr
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise PayloadError(f"{name} contain {bad} NaN/Inf values")
     return array.astype(np.float32, copy=False)
+
+
+def required_floating(arrays: Mapping[str, object], name: str,
+                      shape: tuple[int, ...]) -> np.ndarray:
+    """A reply's array ``name``, checked by :func:`check_floating`.
+
+    Raises
+    ------
+    PayloadError
+        If ``arrays`` has no ``name`` (naming those it has), or as :func:`check_floating`.
+    """
+    if name not in arrays:
+        raise PayloadError(f"the reply has no '{name}' array; found {sorted(arrays)}")
+    return check_floating(name, arrays[name], shape)
+
+
+def validated(replies: Sequence[Reply], check: Callable[[Reply], tuple]
+              ) -> tuple[list[tuple], dict[str, str]]:
+    """``(client id, *check(reply))`` of the replies ``check`` accepts, in client-id order
+    (a fixed summation order), and client id -> the :class:`PayloadError` of the others."""
+    valid, rejected = [], {}
+    for reply in sorted(replies, key=lambda r: client_sort_key(r.client_id)):
+        try:
+            valid.append((reply.client_id, *check(reply)))
+        except PayloadError as error:
+            rejected[reply.client_id] = str(error)
+    return valid, rejected
 
 
 def check_num_examples(value: object) -> int:

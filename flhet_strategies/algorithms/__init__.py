@@ -12,6 +12,7 @@ from importlib import import_module
 _SUM_RULES = {
     "consensus": "flhet_strategies.algorithms.consensus",
     "fedproto": "flhet_strategies.algorithms.prototypes",
+    "lgfedavg": "flhet_strategies.algorithms.shared_head",
 }
 
 

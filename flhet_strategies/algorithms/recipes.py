@@ -111,3 +111,27 @@ class PrototypeRecipe(ConfigRecipe):
         if self.inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got "
                              f"{self.inference!r}")
+
+
+@dataclass(frozen=True)
+class SharedHeadRecipe(ConfigRecipe):
+    """Per-round client recipe of the shared-head algorithms (LG-FedAvg, FedGH).
+
+    Parameters
+    ----------
+    local_epochs : int (default: 1)
+        Private epochs per round (the whole model: body and head).
+    warmup_epochs : int (default: 0)
+        Extra private epochs in round 1.
+    use_global_head : bool (default: True)
+        Load the global head before training and score with it; False trains and scores
+        the client's own model alone (the local-only baseline: no head exchange).
+    """
+
+    local_epochs: int = 1
+    warmup_epochs: int = 0
+    use_global_head: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.local_epochs, self.warmup_epochs) < 0:
+            raise ValueError("epoch counts must be non-negative")
