@@ -22,7 +22,12 @@ from flhet_strategies.algorithms.prototypes import (
     TGP_SERVER_EPOCHS,
     TGP_SERVER_LR,
 )
-from flhet_strategies.algorithms.recipes import DistillationRecipe, PrototypeRecipe
+from flhet_strategies.algorithms.recipes import (
+    DistillationRecipe,
+    PrototypeRecipe,
+    SharedHeadRecipe,
+)
+from flhet_strategies.algorithms.shared_head import HEAD_BOUND, LG_WEIGHTINGS
 from flhet_strategies.privacy.dp.clipping import CLIP_MODES
 from flhet_strategies.privacy.dp.settings import DP_MODES
 from flhet_strategies.weighting.contribution.auto import ESTIMATOR_NAMES
@@ -108,11 +113,20 @@ class DataConfig:
         return PartitionerSpec.from_dict(self.partitioner)
 
 
-STRATEGIES = ("fedconsensus", "fedproto", "fedtgp")
+STRATEGIES = ("fedconsensus", "fedproto", "fedtgp", "lgfedavg", "fedgh")
 """Strategies an experiment can run (``[strategy] name``)."""
 
 PROTOTYPE_STRATEGIES = ("fedproto", "fedtgp")
 """Strategies that share class prototypes in a common feature space."""
+
+SHARED_HEAD_STRATEGIES = ("lgfedavg", "fedgh")
+"""Strategies that share the linear head over a common feature space."""
+
+FEATURE_STRATEGIES = PROTOTYPE_STRATEGIES + SHARED_HEAD_STRATEGIES
+"""Strategies whose clients must embed their inputs into the common feature space."""
+
+TRAINED_STRATEGIES = ("fedtgp", "fedgh")
+"""Strategies whose server trains on every client's upload (no sum for DP or Paillier)."""
 
 
 @dataclass(frozen=True)
@@ -122,20 +136,24 @@ class StrategyConfig:
     Parameters
     ----------
     name : str
-        ``"fedconsensus"`` (logit consensus, FedMD / DS-FL), ``"fedproto"`` or ``"fedtgp"``.
+        ``"fedconsensus"`` (logit consensus, FedMD / DS-FL), ``"fedproto"``, ``"fedtgp"``
+        (class prototypes), ``"lgfedavg"`` or ``"fedgh"`` (a shared head).
     mode, temperature, era_temperature, class_vote_weighting, proxy_per_round
         The consensus rule and proxy sampling (``fedconsensus``).
     fraction_train : float
         Share of the clients sampled for training each round.
     feature_dim : int, optional
-        Common feature space of the prototype strategies (every model gets a projection
-        adapter to it); required for them.
+        Common feature space of the prototype and shared-head strategies (every model
+        gets a projection adapter to it); required for them.
     weighting : str, optional
-        FedProto's class weights (``"class_counts"``, ``"class_presence"``).
+        FedProto's class weights (``"class_counts"``, ``"class_presence"``), LG-FedAvg's
+        client weights (``"sample_count"``, ``"uniform"``).
     feature_bound : float
         FedProto: public bound on a prototype entry in a secure sum.
+    head_bound : float
+        LG-FedAvg: public bound on a head entry in a secure sum.
     margin_threshold, server_epochs, server_lr, server_batch_size
-        FedTGP's generator training.
+        FedTGP's generator training; FedGH's head training (the last three).
     """
 
     name: str = "fedconsensus"
@@ -148,6 +166,7 @@ class StrategyConfig:
     feature_dim: int | None = None
     weighting: str | None = None
     feature_bound: float = 8.0
+    head_bound: float = HEAD_BOUND
     margin_threshold: float = TGP_MARGIN_THRESHOLD
     server_epochs: int = TGP_SERVER_EPOCHS
     server_lr: float = TGP_SERVER_LR
@@ -156,18 +175,29 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
             raise ValueError(f"name must be one of {STRATEGIES}, got {self.name!r}")
-        if self.name in PROTOTYPE_STRATEGIES and (self.feature_dim is None
-                                                  or self.feature_dim < 1):
+        if self.features and (self.feature_dim is None or self.feature_dim < 1):
             raise ValueError(f"strategy {self.name!r} needs feature_dim, the width of the common "
                              "feature space every model projects into")
-        if self.weighting is not None and self.weighting not in PROTOTYPE_WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {PROTOTYPE_WEIGHTINGS}, got "
-                             f"{self.weighting!r}")
+        weightings = LG_WEIGHTINGS if self.name == "lgfedavg" else PROTOTYPE_WEIGHTINGS
+        if self.weighting is not None and self.weighting not in weightings:
+            raise ValueError(f"weighting must be one of {weightings}, got {self.weighting!r}")
 
     @property
     def prototypes(self) -> bool:
         """Whether the strategy shares class prototypes (needs feature learners)."""
         return self.name in PROTOTYPE_STRATEGIES
+
+    @property
+    def features(self) -> bool:
+        """Whether the clients must embed (prototypes or a shared head; signed payloads)."""
+        return self.name in FEATURE_STRATEGIES
+
+    @property
+    def recipe_type(self) -> type:
+        """The ``[recipe]`` section's class for this strategy."""
+        if self.prototypes:
+            return PrototypeRecipe
+        return SharedHeadRecipe if self.name in SHARED_HEAD_STRATEGIES else DistillationRecipe
 
     @property
     def label(self) -> str:
@@ -449,7 +479,8 @@ class ExperimentConfig:
     local_only_eval_every: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    recipe: DistillationRecipe | PrototypeRecipe = field(default_factory=DistillationRecipe)
+    recipe: DistillationRecipe | PrototypeRecipe | SharedHeadRecipe = field(
+        default_factory=DistillationRecipe)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     contribution: ContributionConfig = field(default_factory=ContributionConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
@@ -500,25 +531,29 @@ class ExperimentConfig:
             )
 
     def _check_algorithm(self) -> None:
-        recipe_type = PrototypeRecipe if self.strategy.prototypes else DistillationRecipe
+        recipe_type = self.strategy.recipe_type
         if not isinstance(self.recipe, recipe_type):
             raise ConfigError(f"strategy {self.strategy.name!r} takes a {recipe_type.__name__} "
                               f"[recipe], got a {type(self.recipe).__name__}")
-        if not self.strategy.prototypes:
+        if not self.strategy.features:
             return
         flat = [g for g in self.clients if g.framework != "pytorch" or g.role == "free_rider"]
+        shares = "class prototypes" if self.strategy.prototypes else "a head over features"
         if flat:
             raise ConfigError(
-                f"strategy {self.strategy.name!r} shares class prototypes: every client must "
+                f"strategy {self.strategy.name!r} shares {shares}: every client must "
                 "embed its inputs (a PyTorch zoo model); "
                 f"{sorted({g.architecture + (' (free rider)' if g.role else '') for g in flat})} "
                 "can only predict")
         if self.contribution.enabled or self.adaptive.enabled:
             raise ConfigError("[contribution] and [adaptive] weight consensus predictions; "
                               f"strategy {self.strategy.name!r} has none")
-        if self.strategy.name == "fedtgp" and (self.dp.enabled or self.paillier.enabled):
-            raise ConfigError("FedTGP trains on every client's prototypes: there is no sum to "
-                              "privatize or encrypt (use fedproto for [dp] and [paillier])")
+        if self.strategy.name in TRAINED_STRATEGIES and (self.dp.enabled
+                                                         or self.paillier.enabled):
+            label, summed = {"fedtgp": ("FedTGP", "fedproto"),
+                             "fedgh": ("FedGH", "lgfedavg")}[self.strategy.name]
+            raise ConfigError(f"{label} trains on every client's prototypes: there is no sum "
+                              f"to privatize or encrypt (use {summed} for [dp] and [paillier])")
 
     def _check_privacy(self) -> None:
         if not (self.dp.enabled or self.paillier.enabled):
@@ -529,7 +564,7 @@ class ExperimentConfig:
                 f'[dp] mode = "{self.dp.mode}" cannot be combined with [paillier]: central DP '
                 "needs the server to see the plaintext sum it noises; use "
                 '[dp] mode = "distributed" (the clients add the noise inside the encrypted sum)')
-        if self.strategy.prototypes:
+        if self.strategy.features:
             return
         if self.adaptive.enabled:
             raise ConfigError(f"{what} cannot be combined with [adaptive]: the private "
@@ -594,8 +629,7 @@ def from_dict(raw: dict) -> ExperimentConfig:
         if name in raw:
             kwargs[name] = _build(cls, dict(raw.pop(name)), name)
     strategy = kwargs.get("strategy", StrategyConfig())
-    recipe_type = PrototypeRecipe if strategy.prototypes else DistillationRecipe
-    kwargs["recipe"] = _build(recipe_type, dict(raw.pop("recipe", {})), "recipe")
+    kwargs["recipe"] = _build(strategy.recipe_type, dict(raw.pop("recipe", {})), "recipe")
     groups = raw.pop("clients", [])
     kwargs["clients"] = tuple(_build(ClientGroup, dict(g), "clients") for g in groups)
     known = {f.name for f in fields(ExperimentConfig)} - set(_SECTIONS) - {"clients", "recipe"}

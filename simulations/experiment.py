@@ -23,6 +23,11 @@ from clients.learners.sklearn_learner import SklearnLearner
 from clients.learners.torch_learner import TorchLearner
 from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
+from flhet_strategies.algorithms.recipes import (
+    DistillationRecipe,
+    PrototypeRecipe,
+    SharedHeadRecipe,
+)
 from flhet_strategies.faces.driver import expected_cohort
 from flhet_strategies.privacy.dp.accounting import noise_multiplier_for_epsilon
 from flhet_strategies.privacy.dp.budget import RoundBudget, sampling_for_fraction
@@ -41,10 +46,14 @@ from flhet_strategies.protocol import find_wrapper, unwrap
 from flhet_strategies.strategies import (
     FedConsensus,
     FedConsensusCompat,
+    FedGH,
+    FedGHCompat,
     FedProto,
     FedProtoCompat,
     FedTGP,
     FedTGPCompat,
+    LGFedAvg,
+    LGFedAvgCompat,
     SecureConsensus,
     SecureConsensusCompat,
 )
@@ -97,7 +106,7 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> FederatedClient:
     else:
         model = build_model(group.architecture, split.input_shape, split.num_classes,
                             seed=model_seed, feature_dim=cfg.strategy.feature_dim
-                            if cfg.strategy.prototypes else None)
+                            if cfg.strategy.features else None)
         learner = TorchLearner(model, lr=group.lr, optimizer=group.optimizer,
                                batch_size=group.batch_size, seed=model_seed)
     return FederatedClient(
@@ -161,7 +170,7 @@ def dp_noise_multiplier(cfg: ExperimentConfig) -> float | None:
     return noise_multiplier_for_epsilon(
         dp.target_epsilon, dp.delta, cfg.num_rounds, sampling_rate=cohort / population,
         population_size=population, sampling=sampling_for_fraction(fraction),
-        non_negative_payloads=not cfg.strategy.prototypes)
+        non_negative_payloads=not cfg.strategy.features)
 
 
 def dp_strategy_options(cfg: ExperimentConfig) -> dict:
@@ -170,14 +179,14 @@ def dp_strategy_options(cfg: ExperimentConfig) -> dict:
     if not dp.enabled:
         return {}
     z = dp_noise_multiplier(cfg)
-    if cfg.strategy.prototypes:
+    if cfg.strategy.features:
         privacy = DpSettings(z, dp.clip_norm, dp.mode, dp.clip_mode, seed=cfg.seed)
     else:
         privacy = PrivateConsensus(z, dp.clip_norm, dp.mode, dp.clip_mode, seed=cfg.seed,
                                    min_margin=dp.min_margin, min_rows=dp.min_rows)
     budget = RoundBudget(cfg.data.num_clients, dp.delta, dp.budget,
                          fraction=cfg.strategy.fraction_train,
-                         non_negative_payloads=not cfg.strategy.prototypes)
+                         non_negative_payloads=not cfg.strategy.features)
     return {"privacy": privacy, "privacy_budget": budget}
 
 
@@ -195,6 +204,11 @@ def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path) -> KeyFiles:
     return deal_keys(key_dir, cfg.paillier.key_bits)
 
 
+_LOCAL_ONLY = {DistillationRecipe: {"kd_weight": 0.0}, PrototypeRecipe: {"proto_weight": 0.0},
+               SharedHeadRecipe: {"use_global_head": False}}
+"""What the local-only baseline switches off in each kind of recipe."""
+
+
 def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
                    sample_count_weighting: bool = False, key_files: KeyFiles | None = None,
                    phase: str | None = None):
@@ -206,7 +220,8 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         The experiment.
     local_only : bool (default: False)
         Build the local-only baseline instead: the same recipe with nothing to learn from
-        the others (``kd_weight = 0``, or ``proto_weight = 0``), phase ``local_only``
+        the others (``kd_weight = 0``, ``proto_weight = 0`` or ``use_global_head = false``:
+        no head is sent or loaded), phase ``local_only``
         (fresh client models), evaluated every ``cfg.local_only_eval_every`` rounds
         (default: only after the last round); no contributions, DP or encryption.
     sample_count_weighting : bool (default: False)
@@ -226,8 +241,7 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     (:func:`dp_strategy_options`).
     """
     if local_only:
-        off = {"proto_weight": 0.0} if cfg.strategy.prototypes else {"kd_weight": 0.0}
-        recipe = replace(cfg.recipe, **off)
+        recipe = replace(cfg.recipe, **_LOCAL_ONLY[type(cfg.recipe)])
         evaluate_every = cfg.local_only_eval_every or cfg.num_rounds
         phase = phase or LOCAL_ONLY_PHASE
     else:
@@ -245,6 +259,15 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         strategy_type = FedProto if message else FedProtoCompat
         strategy = strategy_type(split.num_classes, s.feature_dim, recipe, s.weighting,
                                  s.feature_bound, **privacy, **face)
+    elif s.name == "lgfedavg":
+        strategy_type = LGFedAvg if message else LGFedAvgCompat
+        strategy = strategy_type(split.num_classes, s.feature_dim, recipe, s.weighting,
+                                 s.head_bound, **privacy, **face)
+    elif s.name == "fedgh":
+        strategy_type = FedGH if message else FedGHCompat
+        strategy = strategy_type(split.num_classes, s.feature_dim, recipe,
+                                 server_epochs=s.server_epochs, server_lr=s.server_lr,
+                                 server_batch_size=s.server_batch_size, **face)
     elif s.name == "fedtgp":
         strategy_type = FedTGP if message else FedTGPCompat
         strategy = strategy_type(split.num_classes, s.feature_dim, recipe,

@@ -141,7 +141,7 @@ def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
     """``results.json`` ``privacy``: mechanism, noise, budget, epsilon spent, rounds run."""
     dp = privacy_wrapper(strategy)
     budget = dp.budget
-    release = ({} if cfg.strategy.prototypes   # the consensus's confident-row filter
+    release = ({} if cfg.strategy.features   # the consensus's confident-row filter
                else {"min_margin": cfg.dp.min_margin, "min_rows": cfg.dp.min_rows})
     return {
         "mode": cfg.dp.mode, "noise_multiplier": dp.noise_multiplier,
