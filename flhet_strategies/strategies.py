@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from phe import PaillierPublicKey
 
+from .aggregation.claims import ClaimCheck
 from .aggregation.logit_consensus import ConsensusConfig
 from .algorithms.consensus import ConsensusDistillation
 from .algorithms.prototypes import FedProtoServer, FedTGPServer
@@ -118,6 +119,10 @@ class FedConsensus(MessageStrategy):
         Accounting of ``privacy`` (Flower's ``RdpAccountant``), with ``max_epsilon`` a
         budget: the run stops cleanly after the last round that fits. Default with
         ``privacy``: ``min_available_nodes`` clients, delta 1e-5, no limit.
+    claims : ClaimCheck, optional
+        Screens the replies' client ids, example counts and histograms
+        (:class:`~flhet_strategies.aggregation.claims.ClaimCheck`; default: duplicate ids
+        and inconsistent histograms are rejected).
     """
 
     def __init__(self, num_proxy: int, num_classes: int, proxy_per_round: int = 2000,
@@ -128,7 +133,8 @@ class FedConsensus(MessageStrategy):
                  evaluate_every: int = 1, seed: int = 0, phase: str = "main",
                  always_include: np.ndarray | None = None,
                  privacy: PrivateConsensus | None = None,
-                 privacy_budget: RoundBudget | None = None) -> None:
+                 privacy_budget: RoundBudget | None = None,
+                 claims: ClaimCheck | None = None) -> None:
         algorithm = consensus_algorithm(num_proxy, num_classes, proxy_per_round, consensus,
                                         recipe, weight_fn, seed, always_include, privacy,
                                         privacy_budget, population=min_available_nodes,
@@ -136,7 +142,7 @@ class FedConsensus(MessageStrategy):
         super().__init__(algorithm, fraction_train=fraction_train,
                          fraction_evaluate=fraction_evaluate,
                          min_available_nodes=min_available_nodes,
-                         evaluate_every=evaluate_every, seed=seed, phase=phase)
+                         evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims)
 
 
 class FedConsensusCompat(CompatStrategy):
@@ -156,7 +162,8 @@ class FedConsensusCompat(CompatStrategy):
                  evaluate_every: int = 1, seed: int = 0, phase: str = "main",
                  always_include: np.ndarray | None = None,
                  privacy: PrivateConsensus | None = None,
-                 privacy_budget: RoundBudget | None = None) -> None:
+                 privacy_budget: RoundBudget | None = None,
+                 claims: ClaimCheck | None = None) -> None:
         algorithm = consensus_algorithm(num_proxy, num_classes, proxy_per_round, consensus,
                                         recipe, weight_fn, seed, always_include, privacy,
                                         privacy_budget, population=min_available_clients,
@@ -164,7 +171,7 @@ class FedConsensusCompat(CompatStrategy):
         super().__init__(algorithm, num_rounds=num_rounds, fraction_fit=fraction_fit,
                          fraction_evaluate=fraction_evaluate,
                          min_available_clients=min_available_clients,
-                         evaluate_every=evaluate_every, seed=seed, phase=phase)
+                         evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims)
 
 
 def fedproto_algorithm(num_classes: int, feature_dim: int,

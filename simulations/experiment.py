@@ -23,6 +23,7 @@ from clients.learners.sklearn_learner import SklearnLearner
 from clients.learners.torch_learner import TorchLearner
 from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
+from flhet_strategies.aggregation.claims import ClaimCheck
 from flhet_strategies.algorithms.recipes import (
     DistillationRecipe,
     PrototypeRecipe,
@@ -252,9 +253,10 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     face = ({"fraction_train": s.fraction_train, "min_available_nodes": cfg.data.num_clients}
             if message else {"num_rounds": cfg.num_rounds, "fraction_fit": s.fraction_train,
                              "min_available_clients": cfg.data.num_clients})
-    face.update(evaluate_every=evaluate_every, seed=cfg.seed, phase=phase)
-    privacy = {} if local_only else dp_strategy_options(cfg)
     split = build_split(cfg)
+    face.update(evaluate_every=evaluate_every, seed=cfg.seed, phase=phase,
+                claims=enrollment(split))
+    privacy = {} if local_only else dp_strategy_options(cfg)
     if s.name == "fedproto":
         strategy_type = FedProto if message else FedProtoCompat
         strategy = strategy_type(split.num_classes, s.feature_dim, recipe, s.weighting,
@@ -295,6 +297,12 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         strategy = wrapper(strategy, load_public_key(key_files.public_path),
                            max_examples=max_examples, decryption=cfg.paillier.decryption)
     return strategy
+
+
+def enrollment(split: FederatedSplit) -> ClaimCheck:
+    """Claims checked against the partition: every client enrolled with its training size."""
+    return ClaimCheck(enrolled={str(cid): len(data.train) for cid, data in
+                                enumerate(split.clients)})
 
 
 def contribution_ledger(strategy) -> ContributionLedger | None:

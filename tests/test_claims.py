@@ -158,3 +158,14 @@ def test_both_faces_take_a_claim_check_and_keep_it_when_rebuilt(face):
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ClaimCheck(**kwargs)
+
+
+def test_flhet_sim_enrolls_every_client_with_its_partition_size():
+    from simulations.config import load_config
+    from simulations.experiment import build_split, build_strategy
+
+    cfg = load_config("simulations/configs/fmnist_hetero.toml")
+    split = build_split(cfg)
+    claims = build_strategy(cfg).driver.claims
+    assert claims.enrolled == {str(i): len(c.train) for i, c in enumerate(split.clients)}
+    assert len(claims.enrolled) == cfg.data.num_clients
