@@ -4,6 +4,7 @@ Examples
 --------
 ``flhet-sim run --config simulations/configs/fmnist_hetero.toml --out outputs/fmnist``
 ``flhet-sim run --config ... --out ... --set num_rounds=5 --set recipe.kd_weight=0.3``
+``flhet-sim run --config ... --out ... --resume`` (after a crash: continue the run in ``--out``)
 ``flhet-sim bench --config simulations/configs/fmnist_hetero.toml --out outputs/bench --seeds 0,1,2``
 """
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder for results.json, report.md, accuracy.png")
     run.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
                      metavar="KEY=VALUE", help="override a config entry, e.g. recipe.kd_weight=0.3")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out after its last finished round "
+                          "(same --config and --set options)")
     bench = sub.add_parser("bench", help="repeat an experiment over seeds; print mean and spread of the margins")
     bench.add_argument("--config", required=True, help="experiment TOML file")
     bench.add_argument("--out", required=True, help="output folder; one sub-folder per seed")
@@ -72,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run_seeds(cfg, seeds, args.out)
         return 0
-    from .runner import run_experiment
+    from .runner import ResumeError, run_experiment
 
-    results = run_experiment(cfg, args.out)
+    try:
+        results = run_experiment(cfg, args.out, resume=args.resume)
+    except ResumeError as err:
+        print(f"flhet-sim: {err}", file=sys.stderr)
+        return 2
     summary = {"final": results["final"], "margins": results.get("margins"),
                "wall_seconds": round(results["wall_seconds"], 1)}
     print(json.dumps(summary, indent=2))

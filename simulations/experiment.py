@@ -351,19 +351,21 @@ def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> lis
     return mods
 
 
-def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None):
+def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None,
+                    checkpoint_dir: str | Path | None = None):
     """The ClientApp for the config's API face (with :func:`client_mods`; on the compat
-    face the equivalent ``NumPyClient`` wrappers)."""
+    face the equivalent ``NumPyClient`` wrappers); with ``checkpoint_dir`` every client
+    also writes its state there after each training round (docs/resume.md)."""
     if cfg.api == "message":
         return flhet_client_app(lambda context: _client_for(cfg, context),
-                                mods=client_mods(cfg, key_files))
+                                mods=client_mods(cfg, key_files), checkpoint_dir=checkpoint_dir)
     from flwr.clientapp import ClientApp
 
     private_key = _private_key_path(key_files) if cfg.paillier.enabled else None
 
     def client_fn(context: Context):
         client = FlhetNumPyClient(_client_for(cfg, context), client_id_from_context(context),
-                                  context)
+                                  context, checkpoint_dir=checkpoint_dir)
         if cfg.dp.enabled and cfg.dp.mode == "distributed":
             client = DpNoiseNumPyClient(client)
         if cfg.paillier.enabled:

@@ -16,7 +16,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +24,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from flhet_strategies.faces.checkpoint import write_atomically
 
 from .contribution_report import contribution_markdown
 
@@ -100,12 +101,22 @@ RESULTS_SCHEMA: Final[dict[str, tuple[Any, str]]] = {
 }
 """Required content of ``results.json``: ``key -> (kind, description)``, nested (see above)."""
 
+PARTIAL_SCHEMA: Final[dict[str, tuple[Any, str]]] = {
+    **RESULTS_SCHEMA,
+    "baselines": ({}, "Baselines finished or running so far (none before they start)."),
+}
+"""The schema of a run still in progress (``"complete": false``, rewritten every round)."""
+
+_NOT_YET: Final = {"client_accuracy_mean": None, "global_accuracy_mean": None}
+"""The local-only row of a run whose baseline has not evaluated yet."""
+
 
 def validate_results(results: Mapping[str, Any]) -> None:
     """Check ``results`` against :data:`RESULTS_SCHEMA` and basic consistency.
 
     Besides the per-field checks: ``len(clients) == num_clients``, history rounds strictly
-    increase, and ``client_accuracy_min <= client_accuracy_mean`` in every round.
+    increase, and ``client_accuracy_min <= client_accuracy_mean`` in every round. Results
+    of a run in progress (``"complete": false``) follow :data:`PARTIAL_SCHEMA`.
 
     Parameters
     ----------
@@ -117,7 +128,8 @@ def validate_results(results: Mapping[str, Any]) -> None:
     ValueError
         Naming the first bad key by its path, e.g. ``history[2].client_accuracy_mean``.
     """
-    _check_object(results, RESULTS_SCHEMA, "results")
+    schema = PARTIAL_SCHEMA if results.get("complete") is False else RESULTS_SCHEMA
+    _check_object(results, schema, "results")
     if len(results["clients"]) != results["num_clients"]:
         raise ValueError(
             f"num_clients is {results['num_clients']} but clients lists "
@@ -171,7 +183,7 @@ def write_results_json(results: Mapping[str, Any], out_dir: str | os.PathLike[st
             f"results cannot be written as strict JSON ({error}); store NaN/infinity as None "
             "and objects as numbers, strings, lists or dicts."
         ) from error
-    return _atomic_write(Path(out_dir) / RESULTS_FILENAME, (text + "\n").encode("utf-8"))
+    return write_atomically(Path(out_dir) / RESULTS_FILENAME, (text + "\n").encode("utf-8"))
 
 
 def read_results_json(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -237,8 +249,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     if not results["history"]:
         raise ValueError("results.history is empty: there is no round to report yet.")
     out = Path(out_dir)
-    report = _atomic_write(out / REPORT_FILENAME, render_markdown(results).encode("utf-8"))
-    plot = _atomic_write(out / PLOT_FILENAME, render_accuracy_png(results))
+    report = write_atomically(out / REPORT_FILENAME, render_markdown(results).encode("utf-8"))
+    plot = write_atomically(out / PLOT_FILENAME, render_accuracy_png(results))
     return report, plot
 
 
@@ -257,7 +269,7 @@ def final_margins(results: Mapping[str, Any]) -> dict[str, float | None]:
         ``None`` when the run or the baseline has no such accuracy.
     """
     final = results["history"][-1]
-    local = results["baselines"]["local_only"]
+    local = results["baselines"].get("local_only", _NOT_YET)
     margins: dict[str, float | None] = {}
     for key in ("client_accuracy_mean", "global_accuracy_mean"):
         if final[key] is None or local[key] is None:
@@ -285,7 +297,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     partitioner_text = partitioner["name"] + (f" ({params})" if params else "")
     history = results["history"]
     final = history[-1]
-    local = results["baselines"]["local_only"]
+    local = results["baselines"].get("local_only", _NOT_YET)
     margins = final_margins(results)
 
     lines = [
@@ -298,6 +310,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"- Rounds reported: {len(history)} (last: round {final['round']})",
         f"- Communication, all rounds: {_format_bytes(sum(h['bytes_up'] for h in history))} up, "
         f"{_format_bytes(sum(h['bytes_down'] for h in history))} down",
+        *([f"- **In progress**: phase `{results.get('running_phase')}` running; this "
+           "report is rewritten after every round"] if results.get("complete") is False
+          else []),
         "",
         "## vs local-only",
         "",
@@ -366,7 +381,7 @@ def render_accuracy_png(results: Mapping[str, Any]) -> bytes:
         The PNG image.
     """
     history = results["history"]
-    local = results["baselines"]["local_only"]
+    local = results["baselines"].get("local_only", _NOT_YET)
     rounds = np.array([h["round"] for h in history], dtype=float)
     client_mean = 100.0 * np.array([h["client_accuracy_mean"] for h in history], dtype=float)
     client_std = 100.0 * np.array([h["client_accuracy_std"] for h in history], dtype=float)
@@ -484,23 +499,6 @@ def _to_json_builtin(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _cell(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -13,6 +14,7 @@ from flhet_strategies.protocol import Reply
 
 from ..algorithms import client_algorithm
 from ..federated_client import FederatedClient
+from .state import checkpoint_dir as node_checkpoint_dir
 from .state import client_id_from_context, restore_client, save_client
 
 ClientFactory = Callable[[Context], FederatedClient]
@@ -23,12 +25,16 @@ seed the model's initialisation (the trained state is restored after it).
 """
 
 
-def flhet_client_app(client_factory: ClientFactory, mods: list | None = None) -> ClientApp:
+def flhet_client_app(client_factory: ClientFactory, mods: list | None = None,
+                     checkpoint_dir: str | Path | None = None) -> ClientApp:
     """A Message-API ``ClientApp`` that answers any flhet strategy.
 
     The instruction's ``flhet-algorithm`` picks the client half
     (:func:`clients.algorithms.client_algorithm`); the client's model and state are
-    restored per phase (``flhet-phase``) before it runs and saved after.
+    restored per phase (``flhet-phase``) before it runs and saved after -- in the
+    node's ``context.state`` and, with the node config ``checkpoint-dir`` (or
+    ``checkpoint_dir``), on disk after every training round, so a restarted node
+    continues from its last round (docs/resume.md).
 
     Parameters
     ----------
@@ -36,6 +42,8 @@ def flhet_client_app(client_factory: ClientFactory, mods: list | None = None) ->
         Builds the node's client (learner with a freshly initialised model, its data).
     mods : list, optional
         Flower client mods applied to every message (e.g. :mod:`clients.mods`).
+    checkpoint_dir : str or Path, optional
+        Folder for the on-disk state when the node config does not name one.
 
     Returns
     -------
@@ -43,19 +51,26 @@ def flhet_client_app(client_factory: ClientFactory, mods: list | None = None) ->
         With ``train`` and ``evaluate`` handlers.
     """
     app = ClientApp(mods=mods or [])
+    default_dir = checkpoint_dir
 
-    def _client(context: Context, phase: str) -> FederatedClient:
+    def _folder(context: Context) -> Path | None:
+        return node_checkpoint_dir(context) or (None if default_dir is None
+                                               else Path(default_dir))
+
+    def _client(context: Context, instruction, up_to_round: int) -> FederatedClient:
         client = client_factory(context)
-        restore_client(client, context, phase)
+        restore_client(client, context, instruction.phase, directory=_folder(context),
+                       up_to_round=up_to_round)
         return client
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         instruction = instruction_of(msg)
-        client = _client(context, instruction.phase)
+        client = _client(context, instruction, instruction.server_round - 1)
         algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
         reply = algorithm.fit(instruction, client)
-        save_client(client, context, instruction.phase)
+        save_client(client, context, instruction.phase, directory=_folder(context),
+                    server_round=instruction.server_round)
         reply.metrics.update({wire.CLIENT_ID: client_id_from_context(context)})
         reply.metrics.setdefault(wire.NUM_EXAMPLES, client.num_examples)
         return Message(content=reply_content(reply), reply_to=msg)
@@ -65,7 +80,7 @@ def flhet_client_app(client_factory: ClientFactory, mods: list | None = None) ->
         instruction = instruction_of(msg)
         metrics: dict = {wire.CLIENT_ID: client_id_from_context(context)}
         if instruction.config.get(wire.EVALUATE, True):
-            client = _client(context, instruction.phase)
+            client = _client(context, instruction, instruction.server_round)
             algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM,
                                                                     "consensus")))
             metrics.update(algorithm.evaluate(instruction, client))

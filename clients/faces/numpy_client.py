@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flwr.app import Context
 from flwr.client import NumPyClient
 
@@ -10,6 +12,7 @@ from flhet_strategies.faces.records import instruction_from_compat, reply_to_com
 
 from ..algorithms import client_algorithm
 from ..federated_client import FederatedClient
+from .state import checkpoint_dir as node_checkpoint_dir
 from .state import restore_client, save_client
 
 
@@ -30,6 +33,9 @@ class FlhetNumPyClient(NumPyClient):
         Where the model and state are kept between rounds when Flower rebuilds the
         client per message (always the case in simulation). Without it the client must
         live for the whole run.
+    checkpoint_dir : str or Path, optional
+        Folder the state is also written to after every training round, so a restarted
+        node continues (default: the node config ``checkpoint-dir``, if set).
 
     Examples
     --------
@@ -39,15 +45,19 @@ class FlhetNumPyClient(NumPyClient):
     ...     return FlhetNumPyClient(client, client_id=0, context=context).to_client()
     """
 
-    def __init__(self, client: FederatedClient, client_id: int, context: Context | None = None):
+    def __init__(self, client: FederatedClient, client_id: int, context: Context | None = None,
+                 checkpoint_dir: str | Path | None = None):
         self.client = client
         self.client_id = int(client_id)
         self._context = context
         self._phase: str | None = None
+        self._dir = node_checkpoint_dir(context) or (None if checkpoint_dir is None
+                                                     else Path(checkpoint_dir))
 
-    def _restored(self, phase: str) -> None:
+    def _restored(self, phase: str, up_to_round: int) -> None:
         if phase != self._phase:
-            restore_client(self.client, self._context, phase)
+            restore_client(self.client, self._context, phase, directory=self._dir,
+                           up_to_round=up_to_round)
             self._phase = phase
 
     def get_parameters(self, config):
@@ -57,10 +67,11 @@ class FlhetNumPyClient(NumPyClient):
     def fit(self, parameters, config):
         """One round of the instructed algorithm; its reply arrays, named in the metrics."""
         instruction = instruction_from_compat(parameters, config)
-        self._restored(instruction.phase)
+        self._restored(instruction.phase, instruction.server_round - 1)
         algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
         reply = algorithm.fit(instruction, self.client)
-        save_client(self.client, self._context, instruction.phase)
+        save_client(self.client, self._context, instruction.phase, directory=self._dir,
+                    server_round=instruction.server_round)
         arrays, metrics = reply_to_compat(reply)
         num_examples = int(metrics.pop(wire.NUM_EXAMPLES, self.client.num_examples))
         return arrays, num_examples, {**metrics, wire.CLIENT_ID: self.client_id}
@@ -70,7 +81,7 @@ class FlhetNumPyClient(NumPyClient):
         instruction = instruction_from_compat(parameters, config)
         if not instruction.config.get(wire.EVALUATE, True):
             return 0.0, 0, {wire.CLIENT_ID: self.client_id}
-        self._restored(instruction.phase)
+        self._restored(instruction.phase, instruction.server_round)
         algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
         metrics = algorithm.evaluate(instruction, self.client)
         loss = 1.0 - metrics["client_accuracy"]

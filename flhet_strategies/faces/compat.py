@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from logging import INFO
+from pathlib import Path
 
 from flwr.common import (
     EvaluateIns,
@@ -60,18 +61,22 @@ class CompatStrategy(FaceViews, Strategy):
         Screens the training replies' client ids, example counts and label histograms
         before the algorithm sees them (default: duplicate ids and histograms that
         disagree with the count are rejected; caps and enrollment are opt-in).
+    checkpoint : str or Path, optional
+        File the round state is written to, atomically, after every finished round;
+        :meth:`resume` continues from it (docs/resume.md).
     """
 
     def __init__(self, algorithm: ServerAlgorithm, *, num_rounds: int | None = None,
                  fraction_fit: float = 1.0, fraction_evaluate: float = 1.0,
                  min_available_clients: int = 2, evaluate_every: int = 1, seed: int = 0,
-                 phase: str = "main", claims: ClaimCheck | None = None) -> None:
+                 phase: str = "main", claims: ClaimCheck | None = None,
+                 checkpoint: str | Path | None = None) -> None:
         super().__init__()
-        self.driver = RoundDriver(algorithm, fraction_train=fraction_fit,
-                                  fraction_evaluate=fraction_evaluate,
-                                  min_available=min_available_clients,
-                                  evaluate_every=evaluate_every, seed=seed, phase=phase,
-                                  num_rounds=num_rounds, claims=claims)
+        self.driver = RoundDriver(
+            algorithm, checkpoint=checkpoint, fraction_train=fraction_fit,
+            fraction_evaluate=fraction_evaluate, min_available=min_available_clients,
+            evaluate_every=evaluate_every, seed=seed, phase=phase, num_rounds=num_rounds,
+            claims=claims)
 
     init_face = __init__
     """The face's own constructor (for named strategies that build their server half first)."""
@@ -88,7 +93,12 @@ class CompatStrategy(FaceViews, Strategy):
         return {"num_rounds": d.num_rounds, "fraction_fit": d.fraction_train,
                 "fraction_evaluate": d.fraction_evaluate, "min_available_clients": d.min_available,
                 "evaluate_every": d.evaluate_every, "seed": d.seed, "phase": d.phase,
-                "claims": d.claims}
+                "claims": d.claims, "checkpoint": d.checkpoint}
+
+    @property
+    def remaining_rounds(self) -> int | None:
+        """Rounds still to run: the ``ServerConfig(num_rounds=...)`` of a resumed run."""
+        return self.driver.remaining_rounds
 
     @property
     def fraction_fit(self) -> float:
@@ -121,6 +131,7 @@ class CompatStrategy(FaceViews, Strategy):
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         """Each sampled client's instruction."""
+        server_round = self.driver.absolute(server_round)
         clients = self._clients(client_manager, self.driver.fraction_train, server_round)
         if not self.driver.planned and self.driver.num_rounds is not None:
             self.driver.plan(cohort_size=len(clients))   # the compat Server runs fixed rounds
@@ -135,6 +146,7 @@ class CompatStrategy(FaceViews, Strategy):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Aggregate the results; invalid ones count as failures."""
+        server_round = self.driver.absolute(server_round)
         replies = []
         for proxy, res in results:
             reply = reply_from_compat(parameters_arrays(res.parameters), res.num_examples,
@@ -152,6 +164,7 @@ class CompatStrategy(FaceViews, Strategy):
                            client_manager: ClientManager
                            ) -> list[tuple[ClientProxy, EvaluateIns]]:
         """Evaluation requests (and any task the algorithm attaches to them)."""
+        server_round = self.driver.absolute(server_round)
         clients = []
         if self.driver.fraction_evaluate > 0 and self.driver.should_evaluate(server_round):
             clients = self._clients(client_manager, self.driver.fraction_evaluate, server_round)
@@ -168,6 +181,7 @@ class CompatStrategy(FaceViews, Strategy):
                            results: list[tuple[ClientProxy, EvaluateRes]],
                            failures: list) -> tuple[float | None, dict[str, Scalar]]:
         """Summarise per-client accuracy; the loss is the mean of the scored clients'."""
+        server_round = self.driver.absolute(server_round)
         replies, losses = [], []
         for proxy, res in results:
             arrays, metrics = arrays_from_evaluate_metrics(res.metrics)

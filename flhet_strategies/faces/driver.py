@@ -8,8 +8,9 @@ Message-API and compat faces only move those in and out of Flower's types.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO
+from pathlib import Path
 
 import numpy as np
 from flwr.common.logger import log
@@ -18,6 +19,7 @@ from .. import wire
 from ..aggregation.claims import ClaimCheck
 from ..history import RoundHistory
 from ..protocol import Instruction, Outcome, Reply, ServerAlgorithm
+from .checkpoint import load_checkpoint, save_checkpoint
 
 _clock = time.perf_counter
 """The clock of the progress line (a name, so tests can set it)."""
@@ -83,12 +85,20 @@ class RoundDriver:
         Screens every training reply's client id, example count and label histogram
         before the algorithm sees it (default: ``ClaimCheck()``: duplicate ids and
         histograms that disagree with the count are rejected).
+    checkpoint : str or Path, optional
+        File the whole driver is written to, atomically, after every finished round
+        (:meth:`resume` reads it back; see docs/resume.md).
+    on_round_end : Callable[[RoundDriver, int], None], optional
+        Called after every finished round (after its checkpoint), e.g. to rewrite a
+        results file; not saved in the checkpoint.
     """
 
     def __init__(self, algorithm: ServerAlgorithm, *, fraction_train: float = 1.0,
                  fraction_evaluate: float = 1.0, min_available: int = 2,
                  evaluate_every: int = 1, seed: int = 0, phase: str = "main",
-                 num_rounds: int | None = None, claims: ClaimCheck | None = None) -> None:
+                 num_rounds: int | None = None, claims: ClaimCheck | None = None,
+                 checkpoint: str | Path | None = None,
+                 on_round_end: Callable[[RoundDriver, int], None] | None = None) -> None:
         if not isinstance(algorithm, ServerAlgorithm):
             raise TypeError(f"algorithm must be a ServerAlgorithm, got {type(algorithm).__name__}")
         if not 0.0 < fraction_train <= 1.0 or not 0.0 <= fraction_evaluate <= 1.0:
@@ -120,6 +130,58 @@ class RoundDriver:
         self._first_round: tuple[int, float] | None = None
         self.num_rounds = num_rounds
         algorithm.num_rounds = num_rounds
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.on_round_end = on_round_end
+        self.offset = 0
+        """Rounds finished before this process started (0 unless resumed)."""
+        self._ended: set[int] = set()
+
+    # ------------------------------------------------------------------ resume
+
+    @classmethod
+    def resume(cls, path: str | Path, on_round_end=None) -> RoundDriver:
+        """The driver saved at ``path``, set to continue after its last finished round.
+
+        The faces count Flower's rounds from 1 again: :meth:`absolute` adds the rounds
+        already finished, so sampling, history and the ``final-round`` flag continue
+        where the checkpointed run stopped.
+        """
+        driver = load_checkpoint(path)
+        if not isinstance(driver, cls):
+            raise TypeError(f"{path} holds a {type(driver).__name__}, not a {cls.__name__}")
+        driver.offset = max(driver._ended, default=0)
+        driver.checkpoint = Path(path)
+        driver.on_round_end = on_round_end
+        return driver
+
+    def absolute(self, server_round: int) -> int:
+        """The run's round number of Flower's ``server_round`` (which restarts at 1)."""
+        return int(server_round) + self.offset
+
+    @property
+    def remaining_rounds(self) -> int | None:
+        """Rounds still to run (``None`` while the number of rounds is unknown)."""
+        return None if self.num_rounds is None else max(self.num_rounds - self.offset, 0)
+
+    def end_round(self, server_round: int) -> None:
+        """Mark ``server_round`` finished: write the checkpoint, call ``on_round_end``.
+
+        The driver calls it once per round, after the evaluation (or after training in
+        a round without one); refused rounds are not finished rounds.
+        """
+        server_round = int(server_round)
+        if server_round in self._ended or self.is_refused(server_round):
+            return
+        self._ended.add(server_round)
+        if self.checkpoint is not None:
+            save_checkpoint(self, self.checkpoint)
+        if self.on_round_end is not None:
+            self.on_round_end(self, server_round)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.update(on_round_end=None, _first_round=None, _train_nodes={})
+        return state
 
     # ------------------------------------------------------------------ plan
 
@@ -272,6 +334,8 @@ class RoundDriver:
                                        wire.EVALUATE: bool(evaluating)})
         self.history.add_bytes(server_round,
                                bytes_down=sum(i.nbytes for i in instructions.values()))
+        if not instructions:
+            self.end_round(server_round)
         return instructions
 
     def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
@@ -282,6 +346,7 @@ class RoundDriver:
                       for r in replies if wire.CLIENT_ACCURACY in r.metrics}
         summary = self.history.record_evaluate(server_round, per_client)
         if summary is None:
+            self.end_round(server_round)
             return {}
         entry = self.history.entry(server_round)
         glob = summary["global_accuracy_mean"]
@@ -289,6 +354,7 @@ class RoundDriver:
             "%.1f KiB up, %.1f KiB down, %.1f s", server_round, summary["client_accuracy_mean"],
             summary["client_accuracy_min"], "n/a" if glob is None else f"{glob:.4f}",
             entry["bytes_up"] / 1024, entry["bytes_down"] / 1024, entry["seconds"])
+        self.end_round(server_round)
         return {k: v for k, v in summary.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from logging import INFO
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common.logger import log
@@ -45,17 +46,20 @@ class MessageStrategy(FaceViews, Strategy):
         Screens the training replies' client ids, example counts and label histograms
         before the algorithm sees them (default: duplicate ids and histograms that
         disagree with the count are rejected; caps and enrollment are opt-in).
+    checkpoint : str or Path, optional
+        File the round state is written to, atomically, after every finished round;
+        :meth:`resume` continues from it (docs/resume.md).
     """
 
     def __init__(self, algorithm: ServerAlgorithm, *, fraction_train: float = 1.0,
                  fraction_evaluate: float = 1.0, min_available_nodes: int = 2,
                  evaluate_every: int = 1, seed: int = 0, phase: str = "main",
-                 claims: ClaimCheck | None = None) -> None:
-        self.driver = RoundDriver(algorithm, fraction_train=fraction_train,
-                                  fraction_evaluate=fraction_evaluate,
-                                  min_available=min_available_nodes,
-                                  evaluate_every=evaluate_every, seed=seed, phase=phase,
-                                  claims=claims)
+                 claims: ClaimCheck | None = None,
+                 checkpoint: str | Path | None = None) -> None:
+        self.driver = RoundDriver(
+            algorithm, checkpoint=checkpoint, fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate, min_available=min_available_nodes,
+            evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims)
 
     init_face = __init__
     """The face's own constructor (for named strategies that build their server half first)."""
@@ -71,7 +75,8 @@ class MessageStrategy(FaceViews, Strategy):
         d = self.driver
         return {"fraction_train": d.fraction_train, "fraction_evaluate": d.fraction_evaluate,
                 "min_available_nodes": d.min_available, "evaluate_every": d.evaluate_every,
-                "seed": d.seed, "phase": d.phase, "claims": d.claims}
+                "seed": d.seed, "phase": d.phase, "claims": d.claims,
+                "checkpoint": d.checkpoint}
 
     @property
     def fraction_train(self) -> float:
@@ -103,9 +108,15 @@ class MessageStrategy(FaceViews, Strategy):
 
         ``initial_arrays`` may be omitted (flhet's algorithms hold their own state). A
         privacy budget may run fewer rounds: the last one that fits is the clients'
-        final round. The result's ``arrays`` are the algorithm's last aggregate.
+        final round. The result's ``arrays`` are the algorithm's last aggregate. A
+        resumed strategy runs only the rounds its checkpoint had not finished.
         """
-        rounds = self.driver.plan(num_rounds)
+        if not self.driver.planned:
+            self.driver.plan(num_rounds)
+        rounds = self.driver.remaining_rounds
+        if self.driver.offset:
+            log(INFO, "resuming %s after round %s: %s rounds to go", self.driver.phase,
+                self.driver.offset, rounds)
         return super().start(grid, initial_arrays or ArrayRecord(), rounds, timeout,
                              train_config, evaluate_config, evaluate_fn)
 
@@ -117,6 +128,7 @@ class MessageStrategy(FaceViews, Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """One message per sampled node with that node's instruction."""
+        server_round = self.driver.absolute(server_round)
         nodes = self._nodes(grid, self.driver.fraction_train, server_round)
         instructions = self.driver.train(server_round, nodes, dict(config))
         return [Message(content=instruction_content(ins), dst_node_id=int(node),
@@ -125,6 +137,7 @@ class MessageStrategy(FaceViews, Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies; failed and invalid replies count as failures."""
+        server_round = self.driver.absolute(server_round)
         successful, failures = split_failed_replies(server_round, replies)
         outcome, metrics = self.driver.aggregate_train(
             server_round, [reply_of(m) for m in successful], failures)
@@ -135,6 +148,7 @@ class MessageStrategy(FaceViews, Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Evaluation requests (and any task the algorithm attaches to them)."""
+        server_round = self.driver.absolute(server_round)
         nodes = []
         if self.driver.fraction_evaluate > 0 and self.driver.should_evaluate(server_round):
             nodes = self._nodes(grid, self.driver.fraction_evaluate, server_round)
@@ -145,6 +159,7 @@ class MessageStrategy(FaceViews, Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         """Summarise per-client accuracy (own test split and global test set)."""
+        server_round = self.driver.absolute(server_round)
         successful, _ = split_failed_replies(server_round, replies)
         summary = self.driver.aggregate_evaluate(server_round, [reply_of(m) for m in successful])
         return MetricRecord(summary) if summary else None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..protocol import ServerAlgorithm, find_wrapper, unwrap
 
 
 class FaceViews:
-    """Read-only views of a face's :class:`~flhet_strategies.faces.driver.RoundDriver`.
+    """Views of a face's :class:`~flhet_strategies.faces.driver.RoundDriver`, and
+    :meth:`resume` from its checkpoint.
 
     A subclass sets ``driver``.
     """
@@ -60,6 +62,39 @@ class FaceViews:
         """The first round the privacy budget refused, if any."""
         budget = self.budget
         return None if budget is None else budget.stopped_at
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continue from a checkpoint, if there is one; return whether there was.
+
+        Loads the round state the run wrote after its last finished round (default:
+        the ``checkpoint`` this strategy was built with, which keeps being written) and
+        drives it from the next round on. Call it on the outermost strategy (e.g. the
+        :class:`~flhet_strategies.strategies.SecureConsensus`), before the run starts.
+
+        Raises
+        ------
+        ValueError
+            Without a path, or when the checkpoint holds another algorithm or phase.
+        """
+        from .driver import RoundDriver
+
+        path = path if path is not None else self.driver.checkpoint
+        if path is None:
+            raise ValueError("resume needs a checkpoint: give the path or build the strategy "
+                             "with checkpoint=...")
+        if not Path(path).is_file():
+            return False
+        loaded = RoundDriver.resume(path, on_round_end=self.driver.on_round_end)
+        mine, theirs = self.driver.algorithm, loaded.algorithm
+        if (type(mine), mine.describe()[0], self.driver.phase) != \
+                (type(theirs), theirs.describe()[0], loaded.phase):
+            raise ValueError(f"{path} holds {theirs.describe()[0]!r} (phase {loaded.phase!r}); "
+                             f"this strategy runs {mine.describe()[0]!r} (phase "
+                             f"{self.driver.phase!r}): start a fresh run or point elsewhere")
+        if self.driver.checkpoint is not None:
+            loaded.checkpoint = self.driver.checkpoint
+        self.driver = loaded
+        return True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.algorithm.describe()[0]})"
