@@ -7,6 +7,8 @@ Each class only builds its server half (and its privacy wrappers) and hands it t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from phe import PaillierPublicKey
 
@@ -123,6 +125,9 @@ class FedConsensus(MessageStrategy):
         Screens the replies' client ids, example counts and histograms
         (:class:`~flhet_strategies.aggregation.claims.ClaimCheck`; default: duplicate ids
         and inconsistent histograms are rejected).
+    checkpoint : str or Path, optional
+        File the round state is written to after every round; :meth:`resume` continues
+        from it (docs/resume.md).
     """
 
     def __init__(self, num_proxy: int, num_classes: int, proxy_per_round: int = 2000,
@@ -134,7 +139,8 @@ class FedConsensus(MessageStrategy):
                  always_include: np.ndarray | None = None,
                  privacy: PrivateConsensus | None = None,
                  privacy_budget: RoundBudget | None = None,
-                 claims: ClaimCheck | None = None) -> None:
+                 claims: ClaimCheck | None = None,
+                 checkpoint: str | Path | None = None) -> None:
         algorithm = consensus_algorithm(num_proxy, num_classes, proxy_per_round, consensus,
                                         recipe, weight_fn, seed, always_include, privacy,
                                         privacy_budget, population=min_available_nodes,
@@ -142,7 +148,8 @@ class FedConsensus(MessageStrategy):
         super().__init__(algorithm, fraction_train=fraction_train,
                          fraction_evaluate=fraction_evaluate,
                          min_available_nodes=min_available_nodes,
-                         evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims)
+                         evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims,
+                         checkpoint=checkpoint)
 
 
 class FedConsensusCompat(CompatStrategy):
@@ -163,7 +170,8 @@ class FedConsensusCompat(CompatStrategy):
                  always_include: np.ndarray | None = None,
                  privacy: PrivateConsensus | None = None,
                  privacy_budget: RoundBudget | None = None,
-                 claims: ClaimCheck | None = None) -> None:
+                 claims: ClaimCheck | None = None,
+                 checkpoint: str | Path | None = None) -> None:
         algorithm = consensus_algorithm(num_proxy, num_classes, proxy_per_round, consensus,
                                         recipe, weight_fn, seed, always_include, privacy,
                                         privacy_budget, population=min_available_clients,
@@ -171,7 +179,8 @@ class FedConsensusCompat(CompatStrategy):
         super().__init__(algorithm, num_rounds=num_rounds, fraction_fit=fraction_fit,
                          fraction_evaluate=fraction_evaluate,
                          min_available_clients=min_available_clients,
-                         evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims)
+                         evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims,
+                         checkpoint=checkpoint)
 
 
 def fedproto_algorithm(num_classes: int, feature_dim: int,

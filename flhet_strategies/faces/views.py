@@ -85,11 +85,10 @@ class FaceViews:
         if not Path(path).is_file():
             return False
         loaded = RoundDriver.resume(path, on_round_end=self.driver.on_round_end)
-        mine, theirs = self.driver.algorithm, loaded.algorithm
-        if (type(mine), mine.describe()[0], self.driver.phase) != \
-                (type(theirs), theirs.describe()[0], loaded.phase):
-            raise ValueError(f"{path} holds {theirs.describe()[0]!r} (phase {loaded.phase!r}); "
-                             f"this strategy runs {mine.describe()[0]!r} (phase "
+        mine, theirs = _kinds(self.driver.algorithm), _kinds(loaded.algorithm)
+        if (mine, self.driver.phase) != (theirs, loaded.phase):
+            raise ValueError(f"{path} holds {' > '.join(theirs)} (phase {loaded.phase!r}); "
+                             f"this strategy runs {' > '.join(mine)} (phase "
                              f"{self.driver.phase!r}): start a fresh run or point elsewhere")
         if self.driver.checkpoint is not None:
             loaded.checkpoint = self.driver.checkpoint
@@ -98,6 +97,15 @@ class FaceViews:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.algorithm.describe()[0]})"
+
+
+def _kinds(algorithm) -> list[str]:
+    # the wrapper chain's class names, outermost first
+    kinds = []
+    while algorithm is not None:
+        kinds.append(type(algorithm).__name__)
+        algorithm = getattr(algorithm, "inner", None)
+    return kinds
 
 
 __all__ = ["FaceViews"]

@@ -164,9 +164,23 @@ class PrivacyLedger:
                 f"sampling_rate is only used with sampling='poisson'; for {sampling!r} "
                 "give the real cohort size to record_round (fixed-size) or nothing (full)"
             )
+        self._orders = orders
         with _quiet_dp_accounting():
             self._accountant = RdpAccountant(self.config, orders=orders)
         self.rounds: list[RoundPrivacy] = []
+
+    def __getstate__(self) -> dict:
+        # Flower's accountant holds modules: pickle its state_dict and rebuild it
+        state = dict(self.__dict__)
+        state["_accountant"] = self._accountant.state_dict()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        accountant = state.pop("_accountant")
+        self.__dict__.update(state)
+        with _quiet_dp_accounting():
+            self._accountant = RdpAccountant(self.config, orders=self._orders)
+            self._accountant.load_state_dict(dict(accountant))
 
     @property
     def relation(self) -> str:
