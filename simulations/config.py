@@ -36,8 +36,12 @@ from .data.partitioning import PartitionerSpec
 
 API_FACES = ("message", "compat")
 
-CLIENT_ROLES = ("", "free_rider", "label_noise", "twin")
-"""Roles a ``[[clients]]`` group may play in contribution experiments (``""``: honest)."""
+CLIENT_ROLES = ("", "free_rider", "label_noise", "twin", "poisoner")
+"""Roles a ``[[clients]]`` group may play in contribution and robustness experiments
+(``""``: honest)."""
+
+ROBUST_RULES = ("", "median", "trimmed_mean")
+"""``[robust] rule`` values (``""``: the weighted mean)."""
 
 
 class ConfigError(ValueError):
@@ -66,8 +70,9 @@ class ClientGroup:
         what it claims to run), ``"label_noise"`` (data of its twin's size and class
         mix with ``flip_fraction`` of the training labels flipped, see
         :mod:`simulations.data.label_noise`) or ``"twin"`` (the honest client the
-        label-noise client is matched to). ``label_noise`` and ``twin`` groups hold
-        one client each.
+        label-noise client is matched to), ``"poisoner"`` (trains on its labels
+        permuted, ``y -> (y + 1) mod C``, and so sends confidently wrong predictions).
+        ``label_noise`` and ``twin`` groups hold one client each.
     flip_fraction : float
         Share of flipped training labels of a ``label_noise`` client, in ``(0, 1]``.
     """
@@ -377,6 +382,40 @@ class DpConfig:
 
 
 @dataclass(frozen=True)
+class RobustConfig:
+    """Robust aggregation against poisoning clients (docs/robust_aggregation.md).
+
+    Parameters
+    ----------
+    rule : str
+        ``""`` (the weighted mean), ``"median"`` or ``"trimmed_mean"``
+        (:class:`~flhet_strategies.aggregation.robust.RobustAggregation`).
+    trim : float
+        Tail share of the trimmed mean, in ``[0, 0.5)``.
+    clean_baseline : bool
+        Also run the federation with every ``poisoner`` honest (``baselines.clean``).
+    plain_mean_baseline : bool
+        Also run it with the attackers and the weighted mean (``baselines.plain_mean``).
+    """
+
+    rule: str = ""
+    trim: float = 0.2
+    clean_baseline: bool = True
+    plain_mean_baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rule not in ROBUST_RULES:
+            raise ValueError(f"rule must be one of {ROBUST_RULES}, got {self.rule!r}")
+        if not 0.0 <= self.trim < 0.5:
+            raise ValueError(f"trim must lie in [0, 0.5), got {self.trim}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a robust rule replaces the weighted mean."""
+        return bool(self.rule)
+
+
+@dataclass(frozen=True)
 class PaillierConfig:
     """Paillier secure sum of the consensus (the server adds ciphertexts only).
 
@@ -466,7 +505,7 @@ class ExperimentConfig:
         (compat strategy + ``NumPyClient``).
     local_only_eval_every : int, optional
         Evaluation period of the local-only baseline (default: after the last round).
-    data, strategy, recipe, simulation, contribution, adaptive, dp, paillier
+    data, strategy, recipe, simulation, contribution, adaptive, dp, paillier, robust
         The sections of the same names.
     clients : tuple[ClientGroup, ...]
         Client groups, in client-id order; their counts add up to ``data.num_clients``.
@@ -486,6 +525,7 @@ class ExperimentConfig:
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     dp: DpConfig = field(default_factory=DpConfig)
     paillier: PaillierConfig = field(default_factory=PaillierConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     clients: tuple[ClientGroup, ...] = ()
 
     def __post_init__(self) -> None:
@@ -506,6 +546,7 @@ class ExperimentConfig:
         self._check_roles()
         self._check_algorithm()
         self._check_privacy()
+        self._check_robust()
         if self.contribution.enabled and not (
             1 <= self.data.proxy_validation_size <= self.strategy.proxy_per_round
         ):
@@ -579,6 +620,20 @@ class ExperimentConfig:
             raise ConfigError("[dp] needs strategy.class_vote_weighting = false: per-class "
                               "vote weights use the clients' exact label histograms")
 
+    def _check_robust(self) -> None:
+        if not self.robust.enabled:
+            return
+        if self.dp.enabled or self.paillier.enabled:
+            raise ConfigError("[robust] cannot be combined with [dp] or [paillier]: a median "
+                              "is not a sum, it can be neither noised by the sum's "
+                              "sensitivity nor computed under encryption")
+        if self.strategy.name in TRAINED_STRATEGIES:
+            raise ConfigError(f"[robust] needs a weighted-sum aggregation; strategy "
+                              f"{self.strategy.name!r} trains on every client's prototypes")
+        if self.contribution.enabled or self.adaptive.enabled:
+            raise ConfigError("[robust] replaces the weighted mean; it cannot be combined with "
+                              "[contribution] or [adaptive] weights")
+
     def client_roles(self) -> list[str]:
         """The role of every client id, in order (``""`` for honest clients)."""
         return [g.role for g in self.client_groups()]
@@ -604,7 +659,8 @@ class ExperimentConfig:
 
 _SECTIONS = {"data": DataConfig, "strategy": StrategyConfig,
              "simulation": SimulationConfig, "contribution": ContributionConfig,
-             "adaptive": AdaptiveConfig, "dp": DpConfig, "paillier": PaillierConfig}
+             "adaptive": AdaptiveConfig, "dp": DpConfig, "paillier": PaillierConfig,
+             "robust": RobustConfig}
 
 
 def _build(cls: type, raw: dict, where: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Context
 
@@ -24,12 +25,15 @@ from clients.learners.torch_learner import TorchLearner
 from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
 from flhet_strategies.aggregation.claims import ClaimCheck
+from flhet_strategies.aggregation.robust import RobustAggregation
 from flhet_strategies.algorithms.recipes import (
     DistillationRecipe,
     PrototypeRecipe,
     SharedHeadRecipe,
 )
+from flhet_strategies.faces.compat import CompatStrategy
 from flhet_strategies.faces.driver import expected_cohort
+from flhet_strategies.faces.message import MessageStrategy
 from flhet_strategies.privacy.dp.accounting import noise_multiplier_for_epsilon
 from flhet_strategies.privacy.dp.budget import RoundBudget, sampling_for_fraction
 from flhet_strategies.privacy.dp.mechanism import DifferentialPrivacy
@@ -63,7 +67,7 @@ from flhet_strategies.weighting.base import sample_count_weights
 from flhet_strategies.weighting.contribution.ledger import ContributionLedger
 from flhet_strategies.weighting.contribution.weighting import ContributionWeighting
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, from_dict
 from .data.federated_split import FederatedSplit, make_federated_split
 from .data.label_noise import with_label_noise_twin
 
@@ -110,8 +114,11 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> FederatedClient:
                             if cfg.strategy.features else None)
         learner = TorchLearner(model, lr=group.lr, optimizer=group.optimizer,
                                batch_size=group.batch_size, seed=model_seed)
+    y_train = data.train.y
+    if group.role == "poisoner":      # labels permuted: confidently wrong predictions
+        y_train = (np.asarray(y_train) + 1) % split.num_classes
     return FederatedClient(
-        learner, data.train.x, data.train.y, data.test.x, data.test.y, split.proxy_x,
+        learner, data.train.x, y_train, data.test.x, data.test.y, split.proxy_x,
         split.num_classes, global_test=(split.global_test.x, split.global_test.y),
         seed=model_seed,
     )
@@ -148,6 +155,20 @@ def build_contribution_weighting(cfg: ExperimentConfig, audit_only: bool = False
 def without_privacy(cfg: ExperimentConfig) -> ExperimentConfig:
     """The same experiment with ``[dp]`` and ``[paillier]`` switched off (its baselines)."""
     return cfg.with_overrides(**{"dp.enabled": False, "paillier.enabled": False})
+
+
+def without_attackers(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same federation with every ``poisoner`` honest (the ``clean`` baseline)."""
+    raw = cfg.to_dict()
+    for group in raw["clients"]:
+        if group["role"] == "poisoner":
+            group["role"] = ""
+    return from_dict(raw)
+
+
+def without_robustness(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same experiment aggregated by the weighted mean (the ``plain_mean`` baseline)."""
+    return cfg.with_overrides(**{"robust.rule": ""})
 
 
 def without_adaptation(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -289,6 +310,10 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
                 options.get("weight_fn", sample_count_weights), smoothing=a.smoothing,
                 power=a.power, min_factor=a.min_factor, temperature=s.temperature)
         strategy = (FedConsensus if message else FedConsensusCompat)(**options)
+    if cfg.robust.enabled and not local_only:
+        face_type = MessageStrategy if message else CompatStrategy
+        strategy = face_type(RobustAggregation(strategy.algorithm, cfg.robust.rule,
+                                               cfg.robust.trim), **strategy.face_settings())
     if cfg.paillier.enabled and not local_only:
         if key_files is None:
             raise ValueError("[paillier] enabled: build_strategy needs the dealt key_files")

@@ -27,14 +27,19 @@ from .experiment import (
     privacy_wrapper,
     secure_wrapper,
     without_adaptation,
+    without_attackers,
     without_privacy,
+    without_robustness,
 )
 
 MAIN_PHASE = "main"
 NO_DP_PHASE = "no_dp"
 PLAINTEXT_PHASE = "plaintext"
 UNADAPTED_PHASE = "unadapted"
-BASELINE_PHASES = (NO_DP_PHASE, PLAINTEXT_PHASE, UNADAPTED_PHASE)
+CLEAN_PHASE = "clean"
+PLAIN_MEAN_PHASE = "plain_mean"
+BASELINE_PHASES = (NO_DP_PHASE, PLAINTEXT_PHASE, UNADAPTED_PHASE, CLEAN_PHASE,
+                   PLAIN_MEAN_PHASE)
 """Baselines reported as ``baselines.<phase>`` with ``gain_points``."""
 
 
@@ -73,6 +78,8 @@ class Phase:
                 NO_DP_PHASE: "no-DP baseline: the same configuration without DP",
                 PLAINTEXT_PHASE: "plaintext baseline: the same configuration without encryption",
                 UNADAPTED_PHASE: "unadapted baseline: the same configuration, fixed weights",
+                CLEAN_PHASE: "clean baseline: the same federation, every poisoner honest",
+                PLAIN_MEAN_PHASE: "plain-mean baseline: the attackers, the weighted mean",
                 }[self.name]
 
 
@@ -90,6 +97,10 @@ def experiment_phases(cfg: ExperimentConfig) -> list[Phase]:
         phases.append(Phase(PLAINTEXT_PHASE, cfg.with_overrides(**{"paillier.enabled": False})))
     if cfg.adaptive.enabled and cfg.adaptive.unadapted_baseline:
         phases.append(Phase(UNADAPTED_PHASE, without_adaptation(cfg)))
+    if cfg.robust.enabled and cfg.robust.clean_baseline:
+        phases.append(Phase(CLEAN_PHASE, without_robustness(without_attackers(cfg))))
+    if cfg.robust.enabled and cfg.robust.plain_mean_baseline:
+        phases.append(Phase(PLAIN_MEAN_PHASE, without_robustness(cfg)))
     return phases
 
 
@@ -122,6 +133,10 @@ def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object,
             None if plain is None else plain.history, plain_seconds)
     if UNADAPTED_PHASE in finished:
         sections["adaptive"] = adaptive_section(cfg, main, finished[UNADAPTED_PHASE][0])
+    if cfg.robust.enabled:
+        sections["robust"] = robust_section(cfg, {name: finished[name][0].history for name in
+                                                  (MAIN_PHASE, CLEAN_PHASE, PLAIN_MEAN_PHASE)
+                                                  if name in finished})
     local = finished.get(LOCAL_ONLY_PHASE, (None, 0.0))[0]
     return assemble_results(
         cfg, main.history, None if local is None else local.history, wall_seconds,
@@ -154,6 +169,29 @@ def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
         "accountant": "flwr.serverapp.RdpAccountant (client-level, add-or-remove-one "
                       "for full participation, replace-one for fixed-size cohorts)",
     }
+
+
+def robust_section(cfg: ExperimentConfig, histories: dict[str, list[dict]]) -> dict:
+    """``results.json`` ``robust``: the rule, the attackers, and the honest clients' final
+    mean accuracies in the robust run and its ``clean`` / ``plain_mean`` twins."""
+    roles = cfg.client_roles()
+    honest = [str(cid) for cid, role in enumerate(roles) if role != "poisoner"]
+    runs = {}
+    for name, history in histories.items():
+        evaluated = [e for e in history if e.get("per_client")]
+        if not evaluated:
+            continue
+        final = evaluated[-1]["per_client"]
+        runs[name] = {key: _mean([final[c].get(key) for c in honest if c in final])
+                      for key in ("client_accuracy", "global_accuracy")}
+    return {"rule": cfg.robust.rule, "trim": cfg.robust.trim,
+            "attackers": [cid for cid, role in enumerate(roles) if role == "poisoner"],
+            "honest_final": runs}
+
+
+def _mean(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def adaptive_section(cfg: ExperimentConfig, adaptive, unadapted) -> dict:

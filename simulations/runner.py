@@ -23,7 +23,7 @@ from flhet_strategies.faces.checkpoint import write_atomically
 from flhet_strategies.faces.driver import RoundDriver
 from flhet_strategies.faces.views import FaceViews
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig, from_dict
 from .contribution_report import write_contributions_png
 from .experiment import (
     backend_config,
@@ -207,7 +207,12 @@ def _open_checkpoint(cfg: ExperimentConfig, ckpt: Path, resume: bool) -> dict:
     if not (ckpt / "config.json").is_file():
         raise ResumeError(f"nothing to resume: {ckpt / 'config.json'} does not exist (run "
                           "without --resume to start)")
-    saved = json.loads((ckpt / "config.json").read_text())
+    try:   # read through the config loader: sections added since then get their defaults
+        saved = json.loads(json.dumps(from_dict(json.loads((ckpt / "config.json").read_text()))
+                                      .to_dict(), default=str))
+    except (ValueError, TypeError, KeyError, ConfigError) as err:
+        raise ResumeError(f"{ckpt / 'config.json'} is not a readable configuration: {err}"
+                          ) from err
     if saved != config:
         changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise ResumeError(f"the run in {ckpt.parent} used another configuration (differs in "

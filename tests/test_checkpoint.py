@@ -277,8 +277,16 @@ def test_resume_refuses_another_config(tmp_path):
     other = cfg.with_overrides(num_rounds=cfg.num_rounds + 1)
     with pytest.raises(ResumeError, match="num_rounds"):
         _open_checkpoint(other, tmp_path / "checkpoint", resume=True)
-    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["num_rounds"] \
-        == cfg.num_rounds
+    saved = tmp_path / "checkpoint" / "config.json"
+    assert json.loads(saved.read_text())["num_rounds"] == cfg.num_rounds
+    # a run written before a config section existed resumes (the section's defaults)
+    older = json.loads(saved.read_text())
+    del older["robust"]
+    saved.write_text(json.dumps(older))
+    assert _open_checkpoint(cfg, tmp_path / "checkpoint", resume=True) == {}
+    saved.write_text("{not json")
+    with pytest.raises((ResumeError, ValueError)):
+        _open_checkpoint(cfg, tmp_path / "checkpoint", resume=True)
 
 
 def test_cli_resume_without_a_run_exits_2(tmp_path, capsys):
