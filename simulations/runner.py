@@ -87,8 +87,9 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
     def strategy_for_run():
         strategy = (strategy_factory() if strategy_factory is not None
                     else build_strategy(cfg, local_only, sample_count_weighting, key_files))
-        strategy.driver.checkpoint, strategy.driver.on_round_end = checkpoint, on_round_end
-        if resume and checkpoint is not None:
+        if hasattr(strategy, "driver"):   # a flhet face (not e.g. Flower's own FedAvg)
+            strategy.driver.checkpoint, strategy.driver.on_round_end = checkpoint, on_round_end
+        if resume and checkpoint is not None and hasattr(strategy, "resume"):
             strategy.resume(checkpoint)
         sink["strategy"] = strategy
         return strategy
@@ -104,8 +105,8 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
 
         def server_fn(context):
             strategy = strategy_for_run()
-            return ServerAppComponents(strategy=strategy,
-                                       config=ServerConfig(num_rounds=strategy.remaining_rounds))
+            rounds = getattr(strategy, "remaining_rounds", cfg.num_rounds)
+            return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
 
         server_app = ServerApp(server_fn=server_fn)
 
