@@ -322,15 +322,17 @@ def unwrap(algorithm: ServerAlgorithm) -> ServerAlgorithm:
     return algorithm
 
 
+def wrapper_chain(algorithm: ServerAlgorithm) -> list[ServerAlgorithm]:
+    """``algorithm`` and every algorithm inside it, outermost first."""
+    chain = [algorithm]
+    while isinstance(chain[-1], ServerAlgorithmWrapper):
+        chain.append(chain[-1].inner)
+    return chain
+
+
 def find_wrapper(algorithm: ServerAlgorithm, kind: type) -> Any:
     """The first wrapper of type ``kind`` around ``algorithm`` (itself included), else None."""
-    current = algorithm
-    while True:
-        if isinstance(current, kind):
-            return current
-        if not isinstance(current, ServerAlgorithmWrapper):
-            return None
-        current = current.inner
+    return next((a for a in wrapper_chain(algorithm) if isinstance(a, kind)), None)
 
 
 
@@ -375,4 +377,5 @@ __all__ = [
     "find_wrapper",
     "mean_metrics",
     "unwrap",
+    "wrapper_chain",
 ]

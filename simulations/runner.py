@@ -87,9 +87,8 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
     def strategy_for_run():
         strategy = (strategy_factory() if strategy_factory is not None
                     else build_strategy(cfg, local_only, sample_count_weighting, key_files))
-        if hasattr(strategy, "driver"):   # a flhet face (not e.g. Flower's own FedAvg)
-            strategy.driver.checkpoint, strategy.driver.on_round_end = checkpoint, on_round_end
-        if resume and checkpoint is not None and hasattr(strategy, "resume"):
+        strategy.driver.checkpoint, strategy.driver.on_round_end = checkpoint, on_round_end
+        if resume and checkpoint is not None:
             strategy.resume(checkpoint)
         sink["strategy"] = strategy
         return strategy
@@ -105,8 +104,8 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
 
         def server_fn(context):
             strategy = strategy_for_run()
-            rounds = getattr(strategy, "remaining_rounds", cfg.num_rounds)
-            return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
+            return ServerAppComponents(strategy=strategy,
+                                       config=ServerConfig(num_rounds=strategy.remaining_rounds))
 
         server_app = ServerApp(server_fn=server_fn)
 
@@ -165,13 +164,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     ckpt = out / CHECKPOINT_DIR
     done = _open_checkpoint(cfg, ckpt, resume)
     key_files = paillier_key_files(cfg, out) if cfg.paillier.enabled else None
-    t0 = time.perf_counter() - done.get("_elapsed", 0.0)
+    t0 = time.perf_counter() - sum(done.values())   # wall time includes earlier processes
     finished = {name: (FinishedRun(RoundDriver.resume(ckpt / f"{name}.pkl")), seconds)
-                for name, seconds in done.items() if name != "_elapsed"}
+                for name, seconds in done.items()}
 
-    def rewrite(running: str, driver: RoundDriver, _round: int) -> None:
-        partial = {**finished, running: (FinishedRun(driver), 0.0)}
-        _write_partial(cfg, partial, running, time.perf_counter() - t0, key_files, out)
+    def rewrite(running: str, started: float, driver: RoundDriver, _round: int) -> None:
+        now = time.perf_counter()
+        partial = {**finished, running: (FinishedRun(driver), now - started)}
+        _write_partial(cfg, partial, running, now - t0, key_files, out)
 
     for phase in experiment_phases(cfg):
         if phase.name in finished:
@@ -182,11 +182,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
         strategy = simulate_strategy(
             phase.cfg, strategy_factory=lambda p=phase: p.build(key_files), key_files=key_files,
             checkpoint=ckpt / f"{phase.name}.pkl", resume=resume,
-            on_round_end=lambda d, r, n=phase.name: rewrite(n, d, r),
+            on_round_end=lambda d, r, n=phase.name, t=started: rewrite(n, t, d, r),
             client_dir=ckpt / "clients")
         finished[phase.name] = (strategy, time.perf_counter() - started)
         done[phase.name] = finished[phase.name][1]
-        done["_elapsed"] = time.perf_counter() - t0
         write_atomically(ckpt / "phases.json", json.dumps(done, indent=1).encode())
     results = results_from_phases(cfg, finished, time.perf_counter() - t0, key_files)
     results["complete"] = True
@@ -200,7 +199,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
 
 def _open_checkpoint(cfg: ExperimentConfig, ckpt: Path, resume: bool) -> dict:
     # The finished phases (name -> seconds) of the run to resume; a fresh run clears ckpt.
-    config = json.loads(json.dumps(cfg.to_dict(), default=str))
+    config = _as_json(cfg)
     if not resume:
         shutil.rmtree(ckpt, ignore_errors=True)
         write_atomically(ckpt / "config.json", json.dumps(config, indent=1).encode())
@@ -209,8 +208,7 @@ def _open_checkpoint(cfg: ExperimentConfig, ckpt: Path, resume: bool) -> dict:
         raise ResumeError(f"nothing to resume: {ckpt / 'config.json'} does not exist (run "
                           "without --resume to start)")
     try:   # read through the config loader: sections added since then get their defaults
-        saved = json.loads(json.dumps(from_dict(json.loads((ckpt / "config.json").read_text()))
-                                      .to_dict(), default=str))
+        saved = _as_json(from_dict(json.loads((ckpt / "config.json").read_text())))
     except (ValueError, TypeError, KeyError, ConfigError) as err:
         raise ResumeError(f"{ckpt / 'config.json'} is not a readable configuration: {err}"
                           ) from err
@@ -223,6 +221,11 @@ def _open_checkpoint(cfg: ExperimentConfig, ckpt: Path, resume: bool) -> dict:
     return json.loads(phases.read_text()) if phases.is_file() else {}
 
 
+def _as_json(cfg: ExperimentConfig) -> dict:
+    # the config as it reads back from JSON (tuples as lists, paths as strings)
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+
 def _write_partial(cfg, partial: dict, running: str, seconds: float, key_files,
                    out: Path) -> None:
     # results.json and the report of a run in progress (the phases evaluated so far)
@@ -230,10 +233,10 @@ def _write_partial(cfg, partial: dict, running: str, seconds: float, key_files,
                  if any(e.get("client_accuracy_mean") is not None for e in run[0].history)}
     if MAIN_PHASE not in evaluated:
         return
-    try:
+    try:   # a report that cannot be formed yet must not stop the run
         results = results_from_phases(cfg, evaluated, seconds, key_files)
     except (KeyError, IndexError, ZeroDivisionError, TypeError) as err:
-        logging.getLogger("flhet").debug("no partial results yet: %s", err)
+        logging.getLogger("flhet").warning("no partial results after this round: %s", err)
         return
     results.update(complete=False, running_phase=running)
     write_results_json(results, out)

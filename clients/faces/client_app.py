@@ -15,7 +15,7 @@ from flhet_strategies.protocol import Reply
 from ..algorithms import client_algorithm
 from ..federated_client import FederatedClient
 from .state import checkpoint_dir as node_checkpoint_dir
-from .state import client_id_from_context, restore_client, save_client
+from .state import client_id_from_context, restore_for, save_for
 
 ClientFactory = Callable[[Context], FederatedClient]
 """Builds a node's :class:`FederatedClient` (fresh model, its data) from the context.
@@ -51,26 +51,21 @@ def flhet_client_app(client_factory: ClientFactory, mods: list | None = None,
         With ``train`` and ``evaluate`` handlers.
     """
     app = ClientApp(mods=mods or [])
-    default_dir = checkpoint_dir
 
-    def _folder(context: Context) -> Path | None:
-        return node_checkpoint_dir(context) or (None if default_dir is None
-                                               else Path(default_dir))
-
-    def _client(context: Context, instruction, up_to_round: int) -> FederatedClient:
+    def _client(context: Context, instruction, training: bool) -> FederatedClient:
         client = client_factory(context)
-        restore_client(client, context, instruction.phase, directory=_folder(context),
-                       up_to_round=up_to_round)
+        restore_for(client, context, instruction, training=training,
+                    directory=node_checkpoint_dir(context, checkpoint_dir))
         return client
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         instruction = instruction_of(msg)
-        client = _client(context, instruction, instruction.server_round - 1)
+        client = _client(context, instruction, training=True)
         algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
         reply = algorithm.fit(instruction, client)
-        save_client(client, context, instruction.phase, directory=_folder(context),
-                    server_round=instruction.server_round)
+        save_for(client, context, instruction,
+                 directory=node_checkpoint_dir(context, checkpoint_dir))
         reply.metrics.update({wire.CLIENT_ID: client_id_from_context(context)})
         reply.metrics.setdefault(wire.NUM_EXAMPLES, client.num_examples)
         return Message(content=reply_content(reply), reply_to=msg)
@@ -80,7 +75,7 @@ def flhet_client_app(client_factory: ClientFactory, mods: list | None = None,
         instruction = instruction_of(msg)
         metrics: dict = {wire.CLIENT_ID: client_id_from_context(context)}
         if instruction.config.get(wire.EVALUATE, True):
-            client = _client(context, instruction, instruction.server_round)
+            client = _client(context, instruction, training=False)
             algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM,
                                                                     "consensus")))
             metrics.update(algorithm.evaluate(instruction, client))

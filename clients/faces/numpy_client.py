@@ -13,7 +13,7 @@ from flhet_strategies.faces.records import instruction_from_compat, reply_to_com
 from ..algorithms import client_algorithm
 from ..federated_client import FederatedClient
 from .state import checkpoint_dir as node_checkpoint_dir
-from .state import restore_client, save_client
+from .state import restore_for, save_for
 
 
 class FlhetNumPyClient(NumPyClient):
@@ -51,14 +51,13 @@ class FlhetNumPyClient(NumPyClient):
         self.client_id = int(client_id)
         self._context = context
         self._phase: str | None = None
-        self._dir = node_checkpoint_dir(context) or (None if checkpoint_dir is None
-                                                     else Path(checkpoint_dir))
+        self._dir = node_checkpoint_dir(context, checkpoint_dir)
 
-    def _restored(self, phase: str, up_to_round: int) -> None:
-        if phase != self._phase:
-            restore_client(self.client, self._context, phase, directory=self._dir,
-                           up_to_round=up_to_round)
-            self._phase = phase
+    def _restored(self, instruction, training: bool) -> None:
+        if instruction.phase != self._phase:
+            restore_for(self.client, self._context, instruction, training=training,
+                        directory=self._dir)
+            self._phase = instruction.phase
 
     def get_parameters(self, config):
         """There is no shared model: nothing to send."""
@@ -67,11 +66,10 @@ class FlhetNumPyClient(NumPyClient):
     def fit(self, parameters, config):
         """One round of the instructed algorithm; its reply arrays, named in the metrics."""
         instruction = instruction_from_compat(parameters, config)
-        self._restored(instruction.phase, instruction.server_round - 1)
+        self._restored(instruction, training=True)
         algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
         reply = algorithm.fit(instruction, self.client)
-        save_client(self.client, self._context, instruction.phase, directory=self._dir,
-                    server_round=instruction.server_round)
+        save_for(self.client, self._context, instruction, directory=self._dir)
         arrays, metrics = reply_to_compat(reply)
         num_examples = int(metrics.pop(wire.NUM_EXAMPLES, self.client.num_examples))
         return arrays, num_examples, {**metrics, wire.CLIENT_ID: self.client_id}
@@ -81,7 +79,7 @@ class FlhetNumPyClient(NumPyClient):
         instruction = instruction_from_compat(parameters, config)
         if not instruction.config.get(wire.EVALUATE, True):
             return 0.0, 0, {wire.CLIENT_ID: self.client_id}
-        self._restored(instruction.phase, instruction.server_round)
+        self._restored(instruction, training=False)
         algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
         metrics = algorithm.evaluate(instruction, self.client)
         loss = 1.0 - metrics["client_accuracy"]

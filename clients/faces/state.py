@@ -44,11 +44,27 @@ def _key(prefix: str, phase: str) -> str:
     return f"{prefix}:{phase}"
 
 
-def checkpoint_dir(context: Context | None) -> Path | None:
-    """The node's checkpoint folder (node config ``checkpoint-dir``), if it has one."""
-    if context is None or not context.node_config.get(CHECKPOINT_DIR_KEY):
-        return None
-    return Path(str(context.node_config[CHECKPOINT_DIR_KEY]))
+def checkpoint_dir(context: Context | None, default: str | Path | None = None) -> Path | None:
+    """The node's checkpoint folder: the node config ``checkpoint-dir``, else ``default``."""
+    if context is not None and context.node_config.get(CHECKPOINT_DIR_KEY):
+        return Path(str(context.node_config[CHECKPOINT_DIR_KEY]))
+    return None if default is None else Path(default)
+
+
+def restore_for(client: FederatedClient, context: Context | None, instruction, *,
+                training: bool, directory: Path | None) -> bool:
+    """:func:`restore_client` for ``instruction``'s phase and round: a training round
+    ``r`` starts from the state after ``r - 1``, an evaluation of ``r`` scores ``r``'s."""
+    round_ = instruction.server_round
+    return restore_client(client, context, instruction.phase, directory=directory,
+                          up_to_round=round_ - 1 if training else round_)
+
+
+def save_for(client: FederatedClient, context: Context | None, instruction, *,
+             directory: Path | None) -> None:
+    """:func:`save_client` after training ``instruction``'s round."""
+    save_client(client, context, instruction.phase, directory=directory,
+                server_round=instruction.server_round)
 
 
 def restore_client(client: FederatedClient, context: Context | None, phase: str = "main", *,
@@ -156,4 +172,4 @@ def client_id_from_context(context: Context) -> int:
 
 
 __all__ = ["CHECKPOINT_DIR_KEY", "checkpoint_dir", "client_id_from_context", "client_key",
-           "restore_client", "save_client"]
+           "restore_client", "restore_for", "save_client", "save_for"]

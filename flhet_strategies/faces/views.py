@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..protocol import ServerAlgorithm, find_wrapper, unwrap
+from ..protocol import ServerAlgorithm, find_wrapper, unwrap, wrapper_chain
 
 
 class FaceViews:
@@ -99,13 +99,9 @@ class FaceViews:
         return f"{type(self).__name__}({self.algorithm.describe()[0]})"
 
 
-def _kinds(algorithm) -> list[str]:
+def _kinds(algorithm: ServerAlgorithm) -> list[str]:
     # the wrapper chain's class names, outermost first
-    kinds = []
-    while algorithm is not None:
-        kinds.append(type(algorithm).__name__)
-        algorithm = getattr(algorithm, "inner", None)
-    return kinds
+    return [type(a).__name__ for a in wrapper_chain(algorithm)]
 
 
 __all__ = ["FaceViews"]
