@@ -98,14 +98,16 @@ def simulate_strategy(cfg: ExperimentConfig, local_only: bool = False,
 
         @server_app.main()
         def main(grid, context):
-            strategy_for_run().start(grid=grid, num_rounds=cfg.num_rounds)
+            strategy_for_run().start(grid=grid, num_rounds=cfg.num_rounds,
+                                      timeout=cfg.round_timeout)
     else:
         from flwr.server import ServerAppComponents, ServerConfig
 
         def server_fn(context):
             strategy = strategy_for_run()
             return ServerAppComponents(strategy=strategy,
-                                       config=ServerConfig(num_rounds=strategy.remaining_rounds))
+                                       config=ServerConfig(num_rounds=strategy.remaining_rounds,
+                                                          round_timeout=cfg.round_timeout))
 
         server_app = ServerApp(server_fn=server_fn)
 

@@ -13,7 +13,17 @@ from __future__ import annotations
 import math
 
 from torch import nn
-from torchvision import models
+
+
+def _models():
+    """``torchvision.models``, imported on first use.
+
+    A process that builds no torchvision model (a Deployment Engine ClientApp of a small
+    CNN, started afresh for every message) saves the ~2 s import.
+    """
+    from torchvision import models
+
+    return models
 
 
 def _kaiming_fan_out(conv: nn.Conv2d) -> nn.Conv2d:
@@ -39,7 +49,7 @@ def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     torch.nn.Module
         A ``torchvision.models.ResNet`` (about 11.2M parameters for 10 classes).
     """
-    model = models.resnet18(weights=None, num_classes=num_classes)
+    model = _models().resnet18(weights=None, num_classes=num_classes)
     model.conv1 = _kaiming_fan_out(
         nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     )
@@ -66,7 +76,7 @@ def mobilenet_v3_small(in_channels: int, num_classes: int) -> nn.Module:
     torch.nn.Module
         A ``torchvision.models.MobileNetV3`` (about 1.5M parameters for 10 classes).
     """
-    model = models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    model = _models().mobilenet_v3_small(weights=None, num_classes=num_classes)
     stem = model.features[0][0]
     model.features[0][0] = _kaiming_fan_out(
         nn.Conv2d(in_channels, stem.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
@@ -92,7 +102,7 @@ def shufflenet_v2(in_channels: int, num_classes: int) -> nn.Module:
     torch.nn.Module
         A ``torchvision.models.ShuffleNetV2`` (about 0.35M parameters for 10 classes).
     """
-    model = models.shufflenet_v2_x0_5(weights=None, num_classes=num_classes)
+    model = _models().shufflenet_v2_x0_5(weights=None, num_classes=num_classes)
     stem = model.conv1[0]
     # torchvision leaves ShuffleNetV2 at PyTorch's default init, so a fresh Conv2d matches it.
     model.conv1[0] = nn.Conv2d(
@@ -158,7 +168,7 @@ def vit_tiny(in_channels: int, side: int, num_classes: int) -> nn.Module:
         so an untrained model outputs all-zero logits.
     """
     patch = vit_patch_size(side)
-    model = models.VisionTransformer(
+    model = _models().VisionTransformer(
         image_size=side,
         patch_size=patch,
         num_layers=2,

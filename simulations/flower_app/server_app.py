@@ -86,7 +86,7 @@ def run_phase(grid: Grid, phase: Phase):
         If not a single round completed.
     """
     strategy = phase.build()
-    strategy.start(grid=grid, num_rounds=phase.cfg.num_rounds)
+    strategy.start(grid=grid, num_rounds=phase.cfg.num_rounds, timeout=phase.cfg.round_timeout)
     if not strategy.history:
         raise RuntimeError(f"phase {phase.name!r} ended without a single completed round; "
                            "see the log above")
