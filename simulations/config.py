@@ -40,7 +40,7 @@ CLIENT_ROLES = ("", "free_rider", "label_noise", "twin", "poisoner")
 """Roles a ``[[clients]]`` group may play in contribution and robustness experiments
 (``""``: honest)."""
 
-ROBUST_RULES = ("", "median", "trimmed_mean")
+ROBUST_RULES = ("", "median", "trimmed_mean", "validation_filter")
 """``[robust] rule`` values (``""``: the weighted mean)."""
 
 
@@ -389,9 +389,13 @@ class RobustConfig:
     ----------
     rule : str
         ``""`` (the weighted mean), ``"median"`` or ``"trimmed_mean"``
-        (:class:`~flhet_strategies.aggregation.robust.RobustAggregation`).
+        (:class:`~flhet_strategies.aggregation.robust.RobustAggregation`), or
+        ``"validation_filter"`` (consensus only: replies scored on the labeled proxy
+        slice, :class:`~flhet_strategies.aggregation.validation_filter.ValidationFilter`).
     trim : float
         Tail share of the trimmed mean, in ``[0, 0.5)``.
+    min_accuracy : float
+        The validation filter's least accuracy on the labeled rows of a client's classes.
     clean_baseline : bool
         Also run the federation with every ``poisoner`` honest (``baselines.clean``).
     plain_mean_baseline : bool
@@ -400,6 +404,7 @@ class RobustConfig:
 
     rule: str = ""
     trim: float = 0.2
+    min_accuracy: float = 0.5
     clean_baseline: bool = True
     plain_mean_baseline: bool = True
 
@@ -408,6 +413,8 @@ class RobustConfig:
             raise ValueError(f"rule must be one of {ROBUST_RULES}, got {self.rule!r}")
         if not 0.0 <= self.trim < 0.5:
             raise ValueError(f"trim must lie in [0, 0.5), got {self.trim}")
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            raise ValueError(f"min_accuracy must lie in [0, 1], got {self.min_accuracy}")
 
     @property
     def enabled(self) -> bool:
@@ -505,6 +512,10 @@ class ExperimentConfig:
         (compat strategy + ``NumPyClient``).
     local_only_eval_every : int, optional
         Evaluation period of the local-only baseline (default: after the last round).
+    round_timeout : float (default: 3600)
+        Seconds the server waits for the replies of a round's training and, separately,
+        of its evaluation; a node that has not answered by then counts as failed for
+        that round and is asked again in the next.
     data, strategy, recipe, simulation, contribution, adaptive, dp, paillier, robust
         The sections of the same names.
     clients : tuple[ClientGroup, ...]
@@ -516,6 +527,7 @@ class ExperimentConfig:
     num_rounds: int = 30
     api: str = "message"
     local_only_eval_every: int | None = None
+    round_timeout: float = 3600.0
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     recipe: DistillationRecipe | PrototypeRecipe | SharedHeadRecipe = field(
@@ -533,6 +545,9 @@ class ExperimentConfig:
             raise ConfigError(f"api must be one of {API_FACES}, got {self.api!r}")
         if self.num_rounds < 1:
             raise ConfigError(f"num_rounds must be at least 1, got {self.num_rounds}")
+        if not self.round_timeout > 0:
+            raise ConfigError(f"round_timeout must be a positive number of seconds, "
+                              f"got {self.round_timeout}")
         if not self.clients:
             raise ConfigError("at least one [[clients]] group is required")
         total = sum(g.count for g in self.clients)
@@ -633,6 +648,14 @@ class ExperimentConfig:
         if self.contribution.enabled or self.adaptive.enabled:
             raise ConfigError("[robust] replaces the weighted mean; it cannot be combined with "
                               "[contribution] or [adaptive] weights")
+        if self.robust.rule == "validation_filter" and (
+                self.strategy.features
+                or not 1 <= self.data.proxy_validation_size <= self.strategy.proxy_per_round):
+            raise ConfigError(
+                "[robust] rule = 'validation_filter' scores consensus predictions on the "
+                "labeled proxy slice in every round: it needs a consensus strategy and "
+                f"data.proxy_validation_size ({self.data.proxy_validation_size}) between 1 and "
+                f"strategy.proxy_per_round ({self.strategy.proxy_per_round})")
 
     def client_roles(self) -> list[str]:
         """The role of every client id, in order (``""`` for honest clients)."""

@@ -26,6 +26,7 @@ from clients.models.sklearn_models import build_sklearn_model
 from clients.models.zoo import build_model
 from flhet_strategies.aggregation.claims import ClaimCheck
 from flhet_strategies.aggregation.robust import RobustAggregation
+from flhet_strategies.aggregation.validation_filter import ValidationFilter
 from flhet_strategies.algorithms.recipes import (
     DistillationRecipe,
     PrototypeRecipe,
@@ -304,6 +305,8 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         if cfg.contribution.enabled and not local_only:
             options.update(weight_fn=build_contribution_weighting(cfg, sample_count_weighting),
                            always_include=split.proxy_validation_indices)
+        if cfg.robust.rule == "validation_filter" and not local_only:
+            options["always_include"] = split.proxy_validation_indices
         if cfg.adaptive.enabled and not local_only:
             a = cfg.adaptive
             options["weight_fn"] = AdaptiveWeighting(
@@ -312,8 +315,12 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         strategy = (FedConsensus if message else FedConsensusCompat)(**options)
     if cfg.robust.enabled and not local_only:
         face_type = MessageStrategy if message else CompatStrategy
-        strategy = face_type(RobustAggregation(strategy.algorithm, cfg.robust.rule,
-                                               cfg.robust.trim), **strategy.face_settings())
+        if cfg.robust.rule == "validation_filter":
+            robust = ValidationFilter(strategy.algorithm, split.proxy_validation_indices,
+                                      split.proxy_validation.y, cfg.robust.min_accuracy)
+        else:
+            robust = RobustAggregation(strategy.algorithm, cfg.robust.rule, cfg.robust.trim)
+        strategy = face_type(robust, **strategy.face_settings())
     if cfg.paillier.enabled and not local_only:
         if key_files is None:
             raise ValueError("[paillier] enabled: build_strategy needs the dealt key_files")

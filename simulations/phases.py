@@ -176,6 +176,7 @@ def robust_section(cfg: ExperimentConfig, histories: dict[str, list[dict]]) -> d
     mean accuracies in the robust run and its ``clean`` / ``plain_mean`` twins."""
     roles = cfg.client_roles()
     honest = [str(cid) for cid, role in enumerate(roles) if role != "poisoner"]
+    attackers = [str(cid) for cid, role in enumerate(roles) if role == "poisoner"]
     runs = {}
     for name, history in histories.items():
         evaluated = [e for e in history if e.get("per_client")]
@@ -184,9 +185,13 @@ def robust_section(cfg: ExperimentConfig, histories: dict[str, list[dict]]) -> d
         final = evaluated[-1]["per_client"]
         runs[name] = {key: _mean([final[c].get(key) for c in honest if c in final])
                       for key in ("client_accuracy", "global_accuracy")}
+    rejected = [e.get("rejected", {}) for e in histories.get("main", [])]
     return {"rule": cfg.robust.rule, "trim": cfg.robust.trim,
-            "attackers": [cid for cid, role in enumerate(roles) if role == "poisoner"],
-            "honest_final": runs}
+            "attackers": [int(c) for c in attackers],
+            "honest_final": runs,
+            # per round of the robust run: how many attackers and honest clients it rejected
+            "rejected_attackers": [sum(c in r for c in attackers) for r in rejected],
+            "rejected_honest": [sum(c in r for c in honest) for r in rejected]}
 
 
 def _mean(values: list) -> float | None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from flhet_strategies.aggregation.robust import RobustAggregation
+from flhet_strategies.aggregation.validation_filter import ValidationFilter
 from flhet_strategies.protocol import find_wrapper
 from simulations.config import ConfigError, load_config
 from simulations.experiment import build_client, build_strategy, without_attackers
@@ -33,9 +34,16 @@ def test_the_scenario_runs_the_robust_rule_and_both_twins():
     assert cfg.client_roles().count("poisoner") == 2
     phases = {p.name: p for p in experiment_phases(cfg)}
     assert set(phases) == {"main", "local_only", CLEAN_PHASE, PLAIN_MEAN_PHASE}
-    assert find_wrapper(build_strategy(cfg).algorithm, RobustAggregation).rule == "median"
+    screen = find_wrapper(build_strategy(cfg).algorithm, ValidationFilter)
+    assert screen.min_accuracy == 0.5 and screen.indices.size == cfg.data.proxy_validation_size
+    # the labeled slice is in every round's proxy draw
+    assert np.isin(screen.indices, screen.innermost.proxy_indices(7)).all()
+    median = cfg.with_overrides(**{"robust.rule": "median"})
+    assert find_wrapper(build_strategy(median).algorithm, RobustAggregation).rule == "median"
     for name in (CLEAN_PHASE, PLAIN_MEAN_PHASE, "local_only"):
-        assert find_wrapper(phases[name].build().algorithm, RobustAggregation) is None
+        algorithm = phases[name].build().algorithm
+        assert find_wrapper(algorithm, RobustAggregation) is None
+        assert find_wrapper(algorithm, ValidationFilter) is None
     assert "poisoner" not in phases[CLEAN_PHASE].cfg.client_roles()
     assert phases[PLAIN_MEAN_PHASE].cfg.client_roles() == cfg.client_roles()
 
@@ -46,6 +54,10 @@ def test_the_scenario_runs_the_robust_rule_and_both_twins():
     ("simulations/configs/fmnist_fedtgp.toml", {"robust.rule": "median"}, "weighted-sum"),
     (POISON, {"robust.rule": "mode"}, "rule must be one of"),
     (POISON, {"robust.trim": 0.5}, "trim"),
+    (POISON, {"robust.min_accuracy": 1.5}, "min_accuracy"),
+    (POISON, {"data.proxy_validation_size": 0}, "proxy_validation_size"),
+    ("simulations/configs/fmnist_fedproto.toml", {"robust.rule": "validation_filter"},
+     "consensus strategy"),
 ])
 def test_bad_robust_configs_are_refused(path, change, message):
     with pytest.raises((ConfigError, ValueError), match=message):
@@ -60,10 +72,12 @@ def test_robust_section_compares_the_honest_clients_only():
         per_client = {str(c): {"client_accuracy": attacker if c in attackers else honest,
                                "global_accuracy": attacker if c in attackers else honest / 2}
                       for c in range(cfg.data.num_clients)}
-        return [{"round": 20, "per_client": per_client}]
+        return [{"round": 20, "per_client": per_client,
+                 "rejected": {str(attackers[0]): "validation filter: ...", "0": "..."}}]
 
     section = robust_section(cfg, {"main": history(0.9, 0.0), "clean": history(0.8, 0.8)})
     assert section["attackers"] == attackers == [2, 6]
     assert section["honest_final"]["main"] == pytest.approx(
         {"client_accuracy": 0.9, "global_accuracy": 0.45})
     assert section["honest_final"]["clean"]["global_accuracy"] == pytest.approx(0.4)
+    assert section["rejected_attackers"] == [1] and section["rejected_honest"] == [1]

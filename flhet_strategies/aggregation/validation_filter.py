@@ -1,0 +1,103 @@
+"""Drop prediction payloads that fail the server's labeled validation slice.
+
+The server holds a small labeled slice of the proxy set (a root dataset, as in FLTrust,
+Cao et al., NDSS'21, https://arxiv.org/abs/2012.13995) that is part of every round's
+proxy draw. Each client's predictions on it are scored on the classes it votes for
+(its class histogram; all classes without one), since per-class votes give a client
+weight exactly there. A client below ``min_accuracy`` is rejected for the round; the
+others are aggregated by the wrapped algorithm as usual. ``docs/robust_aggregation.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import wire
+from ..protocol import Outcome, Reply, ServerAlgorithm, ServerAlgorithmWrapper
+
+
+class ValidationFilter(ServerAlgorithmWrapper):
+    """A prediction-sharing server half whose replies are screened on labeled proxy rows.
+
+    Parameters
+    ----------
+    inner : ServerAlgorithm
+        A consensus server half (``proxy_indices(round)``, ``logits`` replies) whose
+        ``always_include`` holds ``indices``.
+    indices : np.ndarray
+        Proxy indices of the labeled validation slice.
+    labels : np.ndarray
+        Their labels, same length.
+    min_accuracy : float (default: 0.5)
+        Least accuracy on the slice's rows of the classes a client votes for.
+    min_rows : int (default: 10)
+        Fewer such rows: the client is not scored (kept).
+    """
+
+    def __init__(self, inner: ServerAlgorithm, indices: np.ndarray, labels: np.ndarray,
+                 min_accuracy: float = 0.5, min_rows: int = 10) -> None:
+        super().__init__(inner)
+        if not callable(getattr(self.innermost, "proxy_indices", None)):
+            raise TypeError(f"{type(self.innermost).__name__} shares no proxy predictions; "
+                            "the validation filter scores predictions")
+        self.indices = np.asarray(indices, dtype=np.int64).ravel()
+        self.labels = np.asarray(labels, dtype=np.int64).ravel()
+        if self.indices.size == 0 or self.indices.shape != self.labels.shape:
+            raise ValueError(f"need a non-empty validation slice with one label per index, got "
+                             f"{self.indices.size} indices and {self.labels.size} labels")
+        if not 0.0 <= min_accuracy <= 1.0:
+            raise ValueError(f"min_accuracy must lie in [0, 1], got {min_accuracy!r}")
+        self.min_accuracy, self.min_rows = float(min_accuracy), int(min_rows)
+
+    def describe(self) -> list[str]:
+        """The filter, then the inner lines."""
+        return [f"Validation filter: accuracy >= {self.min_accuracy:g} on "
+                f"{self.indices.size} labeled proxy rows (classes voted for)"] \
+            + self.inner.describe()
+
+    def score(self, server_round: int, reply: Reply) -> float | None:
+        """Accuracy of ``reply`` on the slice's rows of its classes (None: not scorable)."""
+        drawn = self.innermost.proxy_indices(server_round)
+        rows = np.searchsorted(drawn, self.indices)
+        if np.any(rows >= len(drawn)) or np.any(drawn[np.minimum(rows, len(drawn) - 1)]
+                                                != self.indices):
+            raise ValueError("the validation slice is not in the round's proxy draw: build "
+                             "the algorithm with always_include=<the slice's indices>")
+        predictions = np.asarray(reply.arrays.get(wire.LOGITS, np.zeros((0, 0))))
+        if predictions.ndim != 2 or len(predictions) != len(drawn):
+            return None  # malformed: the inner algorithm rejects it with its own reason
+        num_classes = predictions.shape[1]
+        if self.labels.min() < 0 or self.labels.max() >= num_classes:
+            raise ValueError(f"validation labels must lie in [0, {num_classes})")
+        voted = np.ones(num_classes, dtype=bool)
+        counts = reply.arrays.get(wire.CLASS_COUNTS)
+        if counts is not None and np.size(counts) == num_classes:
+            voted = np.asarray(counts).ravel() > 0
+        mine = voted[self.labels]
+        if mine.sum() < self.min_rows:
+            return None
+        guesses = np.argmax(predictions[rows[mine]], axis=1)
+        return float(np.mean(guesses == self.labels[mine]))
+
+    def aggregate(self, server_round: int, replies: Sequence[Reply]) -> Outcome:
+        """Reject the replies that fail the slice; the inner algorithm takes the rest."""
+        kept, rejected, scores = [], {}, {}
+        for reply in replies:
+            accuracy = self.score(server_round, reply)
+            if accuracy is not None:
+                scores[reply.client_id] = accuracy
+            if accuracy is not None and accuracy < self.min_accuracy:
+                rejected[reply.client_id] = (
+                    f"validation filter: accuracy {accuracy:.3f} on the labeled proxy rows "
+                    f"of the classes it votes for, below {self.min_accuracy:g}")
+            else:
+                kept.append(reply)
+        outcome = self.inner.aggregate(server_round, kept) if kept else Outcome()
+        outcome.rejected = {**rejected, **outcome.rejected}
+        outcome.history = {**outcome.history, "validation_scores": scores}
+        return outcome
+
+
+__all__ = ["ValidationFilter"]
