@@ -87,6 +87,21 @@ def test_a_client_is_scored_on_the_classes_it_votes_for_only():
     assert "8" in flt.aggregate(1, replies[:4] + [bad]).rejected
 
 
+def test_an_honest_client_is_not_judged_on_classes_where_it_has_little_say():
+    """Non-IID: a client right on its main class, wrong on its minor ones (5 examples
+    each, where others hold 100) keeps a high score: its influence there is small."""
+    truth, replies = federation()
+    labels = np.where(truth == 0, 0, (truth + 1) % CLASSES)
+    weak = Reply("0", {wire.LOGITS: confident(labels, np.random.default_rng(5)),
+                       wire.CLASS_COUNTS: np.array([100, 5, 5, 5])}, {wire.NUM_EXAMPLES: 115})
+    flt = ValidationFilter(core(), VALIDATION, truth[VALIDATION], min_accuracy=0.5)
+    outcome = flt.aggregate(1, [weak] + replies[1:4])
+    score = outcome.history["validation_scores"]["0"]
+    assert score > 0.8 and "0" in outcome.accepted
+    # plain accuracy over every class it votes for would have failed it
+    assert np.mean(labels[VALIDATION] == truth[VALIDATION]) < 0.5
+
+
 def test_the_filter_refuses_bad_settings():
     truth = np.zeros(len(VALIDATION), dtype=np.int64)
     with pytest.raises(TypeError, match="shares no proxy predictions"):

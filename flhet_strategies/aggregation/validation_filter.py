@@ -2,10 +2,11 @@
 
 The server holds a small labeled slice of the proxy set (a root dataset, as in FLTrust,
 Cao et al., NDSS'21, https://arxiv.org/abs/2012.13995) that is part of every round's
-proxy draw. Each client's predictions on it are scored on the classes it votes for
-(its class histogram; all classes without one), since per-class votes give a client
-weight exactly there. A client below ``min_accuracy`` is rejected for the round; the
-others are aggregated by the wrapped algorithm as usual. ``docs/robust_aggregation.md``.
+proxy draw. Each client's accuracy on it is weighted by its influence on each row's class: its
+share ``n_ic / sum_j n_jc`` of the class's votes (its class histogram against the
+round's; equal weights without histograms). A client below ``min_accuracy`` is rejected
+for the round; the others are aggregated by the wrapped algorithm as usual.
+``docs/robust_aggregation.md``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class ValidationFilter(ServerAlgorithmWrapper):
     labels : np.ndarray
         Their labels, same length.
     min_accuracy : float (default: 0.5)
-        Least accuracy on the slice's rows of the classes a client votes for.
+        Least influence-weighted accuracy on the slice.
     min_rows : int (default: 10)
-        Fewer such rows: the client is not scored (kept).
+        Fewer rows of classes the client votes for: it is not scored (kept).
     """
 
     def __init__(self, inner: ServerAlgorithm, indices: np.ndarray, labels: np.ndarray,
@@ -53,12 +54,17 @@ class ValidationFilter(ServerAlgorithmWrapper):
 
     def describe(self) -> list[str]:
         """The filter, then the inner lines."""
-        return [f"Validation filter: accuracy >= {self.min_accuracy:g} on "
-                f"{self.indices.size} labeled proxy rows (classes voted for)"] \
+        return [f"Validation filter: influence-weighted accuracy >= {self.min_accuracy:g} on "
+                f"{self.indices.size} labeled proxy rows"] \
             + self.inner.describe()
 
-    def score(self, server_round: int, reply: Reply) -> float | None:
-        """Accuracy of ``reply`` on the slice's rows of its classes (None: not scorable)."""
+    def score(self, server_round: int, reply: Reply,
+              class_totals: np.ndarray | None = None) -> float | None:
+        """Influence-weighted accuracy of ``reply`` on the slice (None: not scorable).
+
+        ``class_totals``: the round's summed class histograms (default: the reply's own,
+        i.e. weights by its class distribution).
+        """
         drawn = self.innermost.proxy_indices(server_round)
         rows = np.searchsorted(drawn, self.indices)
         if np.any(rows >= len(drawn)) or np.any(drawn[np.minimum(rows, len(drawn) - 1)]
@@ -71,33 +77,47 @@ class ValidationFilter(ServerAlgorithmWrapper):
         num_classes = predictions.shape[1]
         if self.labels.min() < 0 or self.labels.max() >= num_classes:
             raise ValueError(f"validation labels must lie in [0, {num_classes})")
-        voted = np.ones(num_classes, dtype=bool)
-        counts = reply.arrays.get(wire.CLASS_COUNTS)
-        if counts is not None and np.size(counts) == num_classes:
-            voted = np.asarray(counts).ravel() > 0
-        mine = voted[self.labels]
-        if mine.sum() < self.min_rows:
+        influence = np.ones(num_classes)
+        counts = _counts(reply, num_classes)
+        if counts is not None:
+            totals = counts if class_totals is None else np.asarray(class_totals, np.float64)
+            influence = np.divide(counts, totals, out=np.zeros(num_classes), where=totals > 0)
+        weights = influence[self.labels]
+        if np.count_nonzero(weights) < self.min_rows:
             return None
-        guesses = np.argmax(predictions[rows[mine]], axis=1)
-        return float(np.mean(guesses == self.labels[mine]))
+        correct = np.argmax(predictions[rows], axis=1) == self.labels
+        return float(np.sum(weights * correct) / np.sum(weights))
 
     def aggregate(self, server_round: int, replies: Sequence[Reply]) -> Outcome:
         """Reject the replies that fail the slice; the inner algorithm takes the rest."""
         kept, rejected, scores = [], {}, {}
+        histograms = [c for r in replies
+                      if (c := _counts(r, self.innermost.num_classes)) is not None]
+        totals = np.sum(histograms, axis=0) if histograms else None
         for reply in replies:
-            accuracy = self.score(server_round, reply)
+            accuracy = self.score(server_round, reply, totals)
             if accuracy is not None:
                 scores[reply.client_id] = accuracy
             if accuracy is not None and accuracy < self.min_accuracy:
                 rejected[reply.client_id] = (
-                    f"validation filter: accuracy {accuracy:.3f} on the labeled proxy rows "
-                    f"of the classes it votes for, below {self.min_accuracy:g}")
+                    f"validation filter: accuracy {accuracy:.3f} on the labeled proxy rows, "
+                    f"weighted by its share of each class's votes, below "
+                    f"{self.min_accuracy:g}")
             else:
                 kept.append(reply)
         outcome = self.inner.aggregate(server_round, kept) if kept else Outcome()
         outcome.rejected = {**rejected, **outcome.rejected}
         outcome.history = {**outcome.history, "validation_scores": scores}
         return outcome
+
+
+def _counts(reply: Reply, num_classes: int) -> np.ndarray | None:
+    """The reply's class histogram as floats, if it has a usable one."""
+    counts = reply.arrays.get(wire.CLASS_COUNTS)
+    if counts is None or np.size(counts) != num_classes:
+        return None
+    counts = np.asarray(counts, dtype=np.float64).ravel()
+    return counts if np.all(np.isfinite(counts)) and np.all(counts >= 0) else None
 
 
 __all__ = ["ValidationFilter"]
