@@ -55,16 +55,21 @@ def test_class_heavy_attackers_beat_the_median_but_not_the_filter():
     # the attackers hold most of class 1's and 2's votes: the weighted median follows them
     assert honest == 1.0 and median < 0.8
     flt = ValidationFilter(core(), VALIDATION, truth[VALIDATION], min_accuracy=0.5)
-    outcome, filtered = accuracy(flt, replies, truth)
-    assert filtered == 1.0
+    outcome = flt.aggregate(1, replies)
+    indices, targets = flt.innermost.consensus
+    assert np.mean(targets.argmax(1) == truth[indices]) == 1.0
     assert sorted(outcome.rejected) == ["4", "5"] and sorted(outcome.accepted) == list("0123")
     assert "accuracy 0.000 on the labeled proxy rows" in outcome.rejected["4"]
     scores = outcome.history["validation_scores"]
     assert all(scores[c] == 1.0 for c in "0123") and scores["4"] == scores["5"] == 0.0
-    # the same consensus as aggregating the honest clients alone
+    # the honest clients' consensus, without the slice's rows (never released as targets)
     alone = core()
     alone.aggregate(1, replies[:4])
-    np.testing.assert_array_equal(flt.innermost.consensus[1], alone.consensus[1])
+    held_out = np.isin(alone.consensus[0], VALIDATION)
+    assert held_out.sum() == len(VALIDATION)
+    np.testing.assert_array_equal(flt.innermost.consensus[0], alone.consensus[0][~held_out])
+    np.testing.assert_array_equal(flt.innermost.consensus[1], alone.consensus[1][~held_out])
+    assert not np.isin(flt.result_arrays()[wire.CONSENSUS_INDICES], VALIDATION).any()
 
 
 def test_a_client_is_scored_on_the_classes_it_votes_for_only():

@@ -5,7 +5,9 @@ Cao et al., NDSS'21, https://arxiv.org/abs/2012.13995) that is part of every rou
 proxy draw. Each client's accuracy on it is weighted by its influence on each row's class: its
 share ``n_ic / sum_j n_jc`` of the class's votes (its class histogram against the
 round's; equal weights without histograms). A client below ``min_accuracy`` is rejected
-for the round; the others are aggregated by the wrapped algorithm as usual.
+for the round; the others are aggregated by the wrapped algorithm as usual, and the
+slice's rows are withheld from the released consensus, so no client ever distills on
+them (they stay held out, and an attacker cannot learn them from the targets).
 ``docs/robust_aggregation.md``.
 """
 
@@ -106,6 +108,12 @@ class ValidationFilter(ServerAlgorithmWrapper):
             else:
                 kept.append(reply)
         outcome = self.inner.aggregate(server_round, kept) if kept else Outcome()
+        if outcome.released:  # the slice stays held out: no targets on its rows
+            arrays = self.innermost.result_arrays()
+            keep = ~np.isin(arrays[wire.CONSENSUS_INDICES], self.indices)
+            self.innermost.release(server_round, {
+                wire.CONSENSUS_INDICES: arrays[wire.CONSENSUS_INDICES][keep],
+                wire.CONSENSUS: arrays[wire.CONSENSUS][keep]})
         outcome.rejected = {**rejected, **outcome.rejected}
         outcome.history = {**outcome.history, "validation_scores": scores}
         return outcome
