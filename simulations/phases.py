@@ -191,7 +191,11 @@ def robust_section(cfg: ExperimentConfig, histories: dict[str, list[dict]]) -> d
             "honest_final": runs,
             # per round of the robust run: how many attackers and honest clients it rejected
             "rejected_attackers": [sum(c in r for c in attackers) for r in rejected],
-            "rejected_honest": [sum(c in r for c in honest) for r in rejected]}
+            "rejected_honest": [sum(c in r for c in honest) for r in rejected],
+            # the validation filter's score of every attacker, per round (if it ran)
+            "attacker_scores": [{c: e["validation_scores"][c] for c in attackers
+                                 if c in e["validation_scores"]}
+                                for e in histories.get("main", []) if "validation_scores" in e]}
 
 
 def _mean(values: list) -> float | None:

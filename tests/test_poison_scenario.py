@@ -73,7 +73,9 @@ def test_robust_section_compares_the_honest_clients_only():
                                "global_accuracy": attacker if c in attackers else honest / 2}
                       for c in range(cfg.data.num_clients)}
         return [{"round": 20, "per_client": per_client,
-                 "rejected": {str(attackers[0]): "validation filter: ...", "0": "..."}}]
+                 "rejected": {str(attackers[0]): "validation filter: ...", "0": "..."},
+                 "validation_scores": {str(attackers[0]): 0.1, str(attackers[1]): 0.6,
+                                       "0": 0.4}}]
 
     section = robust_section(cfg, {"main": history(0.9, 0.0), "clean": history(0.8, 0.8)})
     assert section["attackers"] == attackers == [2, 6]
@@ -81,3 +83,4 @@ def test_robust_section_compares_the_honest_clients_only():
         {"client_accuracy": 0.9, "global_accuracy": 0.45})
     assert section["honest_final"]["clean"]["global_accuracy"] == pytest.approx(0.4)
     assert section["rejected_attackers"] == [1] and section["rejected_honest"] == [1]
+    assert section["attacker_scores"] == [{"2": 0.1, "6": 0.6}]
