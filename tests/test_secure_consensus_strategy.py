@@ -227,10 +227,11 @@ def test_two_secure_rounds_give_every_client_the_plaintext_consensus(holder, dec
         assert arrays[wire.ENCRYPTED_SHARE].dtype == np.uint8
         assert reply.content.metric_records[wire.METRICS]["num-examples"] > 0
     assert all(len(plan.consensus_indices) == 0 for cid in (0, 1, 2) for plan in seen[cid])
-    assert metrics["num-accepted"] == 3 and metrics["num-rejected"] == 0
+    # node 3 dropped out: its message got no reply, one failure (tests/test_round_timeout.py)
+    assert metrics["num-accepted"] == 3 and metrics["num-rejected"] == 1
     assert set(record) == {wire.ENCRYPTED_SUM, CONTEXT_KEY}
     entry = strategy.history[0]
-    assert entry["accepted"] == ["0", "1", "2"] and entry["num_failures"] == 0
+    assert entry["accepted"] == ["0", "1", "2"] and entry["num_failures"] == 1
     assert entry["sum_decryption"] is None
     assert entry["bytes_up"] == sum(arrays_of(r)[wire.ENCRYPTED_SHARE].nbytes for r in replies)
 
