@@ -1,11 +1,11 @@
 """A node that does not answer within the round timeout fails that round, not the run.
 
-Flower's grid returns the replies that arrived before ``timeout``; the Message face
-counts every node it sent a training message to and got nothing back from as a failure.
-The compat face gets the same from Flower (its client proxy raises when the message's
-time to live runs out). Both faces must then record the same history: the silent node
-missing from round 2's aggregate, counted as a failure, back in round 3. The real hang
-(a stopped ClientApp process on a SuperNode) is in tests/test_deployment.py.
+Flower's grid returns the replies that arrived before ``timeout``; the round driver
+counts every sampled node it got nothing back from as a failure. The compat face gets
+the failure from Flower itself (its client proxy raises when the message's time to live
+runs out). Both faces must then record the same history: the silent node missing from
+round 2's aggregate, counted as a failure, back in round 3. A real hung process is not
+tested (docs/deployment.md says why).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import wire
 from ..protocol import Outcome, Reply, ServerAlgorithm, ServerAlgorithmWrapper
+from .payload import ClientPayload, PayloadError
 
 
 class ValidationFilter(ServerAlgorithmWrapper):
@@ -42,7 +43,8 @@ class ValidationFilter(ServerAlgorithmWrapper):
     def __init__(self, inner: ServerAlgorithm, indices: np.ndarray, labels: np.ndarray,
                  min_accuracy: float = 0.5, min_rows: int = 10) -> None:
         super().__init__(inner)
-        if not callable(getattr(self.innermost, "proxy_indices", None)):
+        if not all(callable(getattr(self.innermost, m, None))
+                   for m in ("proxy_indices", "check_reply")):
             raise TypeError(f"{type(self.innermost).__name__} shares no proxy predictions; "
                             "the validation filter scores predictions")
         self.indices = np.asarray(indices, dtype=np.int64).ravel()
@@ -50,6 +52,9 @@ class ValidationFilter(ServerAlgorithmWrapper):
         if self.indices.size == 0 or self.indices.shape != self.labels.shape:
             raise ValueError(f"need a non-empty validation slice with one label per index, got "
                              f"{self.indices.size} indices and {self.labels.size} labels")
+        num_classes = self.innermost.num_classes
+        if self.labels.min() < 0 or self.labels.max() >= num_classes:
+            raise ValueError(f"validation labels must lie in [0, {num_classes})")
         if not 0.0 <= min_accuracy <= 1.0:
             raise ValueError(f"min_accuracy must lie in [0, 1], got {min_accuracy!r}")
         self.min_accuracy, self.min_rows = float(min_accuracy), int(min_rows)
@@ -67,37 +72,20 @@ class ValidationFilter(ServerAlgorithmWrapper):
         ``class_totals``: the round's summed class histograms (default: the reply's own,
         i.e. weights by its class distribution).
         """
-        drawn = self.innermost.proxy_indices(server_round)
-        rows = np.searchsorted(drawn, self.indices)
-        if np.any(rows >= len(drawn)) or np.any(drawn[np.minimum(rows, len(drawn) - 1)]
-                                                != self.indices):
-            raise ValueError("the validation slice is not in the round's proxy draw: build "
-                             "the algorithm with always_include=<the slice's indices>")
-        predictions = np.asarray(reply.arrays.get(wire.LOGITS, np.zeros((0, 0))))
-        if predictions.ndim != 2 or len(predictions) != len(drawn):
-            return None  # malformed: the inner algorithm rejects it with its own reason
-        num_classes = predictions.shape[1]
-        if self.labels.min() < 0 or self.labels.max() >= num_classes:
-            raise ValueError(f"validation labels must lie in [0, {num_classes})")
-        influence = np.ones(num_classes)
-        counts = _counts(reply, num_classes)
-        if counts is not None:
-            totals = counts if class_totals is None else np.asarray(class_totals, np.float64)
-            influence = np.divide(counts, totals, out=np.zeros(num_classes), where=totals > 0)
-        weights = influence[self.labels]
-        if np.count_nonzero(weights) < self.min_rows:
-            return None
-        correct = np.argmax(predictions[rows], axis=1) == self.labels
-        return float(np.sum(weights * correct) / np.sum(weights))
+        rows = self._slice_rows(server_round)
+        payload = self._payload(server_round, reply)
+        return None if payload is None else self._accuracy(rows, payload, class_totals)
 
     def aggregate(self, server_round: int, replies: Sequence[Reply]) -> Outcome:
         """Reject the replies that fail the slice; the inner algorithm takes the rest."""
-        kept, rejected, scores = [], {}, {}
-        histograms = [c for r in replies
-                      if (c := _counts(r, self.innermost.num_classes)) is not None]
+        rows = self._slice_rows(server_round)
+        payloads = [self._payload(server_round, reply) for reply in replies]
+        histograms = [p.class_counts for p in payloads
+                      if p is not None and p.class_counts is not None]
         totals = np.sum(histograms, axis=0) if histograms else None
-        for reply in replies:
-            accuracy = self.score(server_round, reply, totals)
+        kept, rejected, scores = [], {}, {}
+        for reply, payload in zip(replies, payloads):
+            accuracy = None if payload is None else self._accuracy(rows, payload, totals)
             if accuracy is not None:
                 scores[reply.client_id] = accuracy
             if accuracy is not None and accuracy < self.min_accuracy:
@@ -118,14 +106,34 @@ class ValidationFilter(ServerAlgorithmWrapper):
         outcome.history = {**outcome.history, "validation_scores": scores}
         return outcome
 
+    def _slice_rows(self, server_round: int) -> np.ndarray:
+        """Rows of the slice in the round's (sorted) proxy draw."""
+        drawn = self.innermost.proxy_indices(server_round)
+        if not np.isin(self.indices, drawn).all():
+            raise ValueError("the validation slice is not in the round's proxy draw: build "
+                             "the algorithm with always_include=<the slice's indices>")
+        return np.searchsorted(drawn, self.indices)
 
-def _counts(reply: Reply, num_classes: int) -> np.ndarray | None:
-    """The reply's class histogram as floats, if it has a usable one."""
-    counts = reply.arrays.get(wire.CLASS_COUNTS)
-    if counts is None or np.size(counts) != num_classes:
-        return None
-    counts = np.asarray(counts, dtype=np.float64).ravel()
-    return counts if np.all(np.isfinite(counts)) and np.all(counts >= 0) else None
+    def _payload(self, server_round: int, reply: Reply) -> ClientPayload | None:
+        """The reply validated by the algorithm; None if malformed (the algorithm then
+        rejects it with its own reason)."""
+        try:
+            return self.innermost.check_reply(server_round, reply)
+        except (PayloadError, ValueError):
+            return None
+
+    def _accuracy(self, rows: np.ndarray, payload: ClientPayload,
+                  class_totals: np.ndarray | None) -> float | None:
+        influence = np.ones(payload.logits.shape[1])
+        counts = payload.class_counts
+        if counts is not None:
+            totals = counts if class_totals is None else np.asarray(class_totals, np.float64)
+            influence = np.divide(counts, totals, out=np.zeros(len(counts)), where=totals > 0)
+        weights = influence[self.labels]
+        if np.count_nonzero(weights) < self.min_rows:
+            return None
+        correct = np.argmax(payload.logits[rows], axis=1) == self.labels
+        return float(np.sum(weights * correct) / np.sum(weights))
 
 
 __all__ = ["ValidationFilter"]

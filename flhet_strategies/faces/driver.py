@@ -18,7 +18,7 @@ from flwr.common.logger import log
 from .. import wire
 from ..aggregation.claims import ClaimCheck
 from ..history import RoundHistory
-from ..protocol import Instruction, Outcome, Reply, ServerAlgorithm
+from ..protocol import Instruction, Outcome, Reply, ServerAlgorithm, client_sort_key
 from .checkpoint import load_checkpoint, save_checkpoint
 
 _clock = time.perf_counter
@@ -267,10 +267,13 @@ class RoundDriver:
         """Aggregate the round's replies; return the outcome and the round metrics.
 
         Replies whose claims fail :attr:`claims` are rejected before the algorithm
-        aggregates the others. Returns ``(None, {})`` for a refused round.
+        aggregates the others. A sampled node with neither a reply nor a failure (the
+        Message API's grid returns only what arrived within the round timeout) counts
+        as a failure. Returns ``(None, {})`` for a refused round.
         """
         if self.is_refused(server_round):
             return None, {}
+        failures += self._missing_replies(server_round, replies, failures)
         passed, refused = self.claims.screen(server_round, list(replies))
         outcome = self.algorithm.aggregate(server_round, passed)
         outcome.rejected = {**refused, **outcome.rejected}
@@ -287,6 +290,21 @@ class RoundDriver:
             if key in outcome.privacy:
                 metrics[key] = float(outcome.privacy[key])
         return outcome, metrics
+
+    def _missing_replies(self, server_round: int, replies: Sequence[Reply],
+                         failures: int) -> int:
+        """Sampled nodes the round heard nothing from (logged).
+
+        By count, not by sender: the error reply for a dead node comes from the
+        SuperLink, not from that node.
+        """
+        sampled = self._train_nodes.get(int(server_round), [])
+        missing = max(0, len(sampled) - len(replies) - failures)
+        if missing:
+            silent = sorted(set(sampled) - {r.node_id for r in replies}, key=client_sort_key)
+            log(INFO, "round %s: %s node(s) failed: no reply within the round timeout (among "
+                "nodes %s)", server_round, missing, ", ".join(silent))
+        return missing
 
     def progress(self, server_round: int) -> str:
         """``"[phase] round i/N, 42 s elapsed, ETA 380 s"`` (the ETA from the mean round)."""

@@ -60,7 +60,6 @@ class MessageStrategy(FaceViews, Strategy):
             algorithm, checkpoint=checkpoint, fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate, min_available=min_available_nodes,
             evaluate_every=evaluate_every, seed=seed, phase=phase, claims=claims)
-        self._awaited: set[int] = set()  # nodes this round's training messages went to
 
     init_face = __init__
     """The face's own constructor (for named strategies that build their server half first)."""
@@ -132,7 +131,6 @@ class MessageStrategy(FaceViews, Strategy):
         server_round = self.driver.absolute(server_round)
         nodes = self._nodes(grid, self.driver.fraction_train, server_round)
         instructions = self.driver.train(server_round, nodes, dict(config))
-        self._awaited = {int(node) for node in instructions}
         return [Message(content=instruction_content(ins), dst_node_id=int(node),
                         message_type=MessageType.TRAIN) for node, ins in instructions.items()]
 
@@ -145,9 +143,7 @@ class MessageStrategy(FaceViews, Strategy):
         again in the next one.
         """
         server_round = self.driver.absolute(server_round)
-        replies = list(replies)
         successful, failures = split_failed_replies(server_round, replies)
-        failures += count_missing_replies(server_round, self._awaited, replies)
         outcome, metrics = self.driver.aggregate_train(
             server_round, [reply_of(m) for m in successful], failures)
         arrays = self.algorithm.result_arrays() if outcome is not None and outcome.released \
@@ -196,27 +192,4 @@ def split_failed_replies(server_round: int, replies: Iterable[Message]
     return successful, failures
 
 
-def count_missing_replies(server_round: int, awaited: set[int], replies: list[Message]) -> int:
-    """How many of the messages to the ``awaited`` nodes got no reply at all (logged).
-
-    Every message gets at most one reply; an error reply the SuperLink sends for a dead
-    node comes from the SuperLink, so the count, not the senders, tells what is missing.
-
-    Parameters
-    ----------
-    server_round : int
-        The round, for the log line.
-    awaited : set[int]
-        Node ids the round's messages went to.
-    replies : list[Message]
-        The replies (error replies included) that came back before the timeout.
-    """
-    missing = max(0, len(awaited) - len(replies))
-    if missing:
-        silent = sorted(awaited - {m.metadata.src_node_id for m in replies})
-        log(INFO, "round %s: %s node(s) failed: no reply within the round timeout (among "
-            "nodes %s)", server_round, missing, ", ".join(map(str, silent)))
-    return missing
-
-
-__all__ = ["MessageStrategy", "count_missing_replies", "split_failed_replies"]
+__all__ = ["MessageStrategy", "split_failed_replies"]
