@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from flhet_strategies import wire
+
 from .learners.base import Learner
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -71,6 +73,34 @@ class FederatedClient:
     def class_counts(self) -> np.ndarray:
         """Label histogram of the private training data (int64, ``num_classes``)."""
         return np.bincount(self.y_train, minlength=self.num_classes).astype(np.int64)
+
+    @property
+    def private_records(self) -> bool:
+        """Whether the learner trains with record-level DP (DP-SGD): then only what is
+        post-processing of the model may leave the client (no label histogram)."""
+        return getattr(self.learner, "dp", None) is not None
+
+    def refuse_under_record_dp(self, what: str) -> None:
+        """Raise if the learner trains with DP-SGD: ``what`` is computed from private
+        records directly, not from the model alone, so DP-SGD does not cover it.
+
+        Raises
+        ------
+        ValueError
+            Naming ``what``.
+        """
+        if self.private_records:
+            raise ValueError(f"record-level DP (DP-SGD) covers what the model computes, not "
+                             f"{what}, which this algorithm would send; use logit consensus "
+                             "or LG-FedAvg with DP-SGD")
+
+    def privacy_metrics(self) -> dict[str, float]:
+        """Reply metrics of the record-level privacy spent so far (empty without DP-SGD)."""
+        spent = getattr(self.learner, "privacy_spent", dict)()
+        if not spent:
+            return {}
+        return {wire.RECORD_EPSILON: float(spent["epsilon"]),
+                wire.RECORD_DELTA: float(spent["delta"])}
 
     @property
     def num_examples(self) -> int:

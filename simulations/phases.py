@@ -22,9 +22,13 @@ from .results import assemble_results
 from .experiment import (
     LOCAL_ONLY_PHASE,
     SAMPLE_COUNT_PHASE,
+    build_split,
     build_strategy,
     contribution_ledger,
+    local_only_config,
+    planned_private_epochs,
     privacy_wrapper,
+    record_dp,
     secure_wrapper,
     without_adaptation,
     without_attackers,
@@ -86,11 +90,12 @@ class Phase:
 def experiment_phases(cfg: ExperimentConfig) -> list[Phase]:
     """The phases ``cfg`` asks for, main run first (see docs/experiments.md)."""
     plain = without_privacy(cfg)
-    phases = [Phase(MAIN_PHASE, cfg), Phase(LOCAL_ONLY_PHASE, plain, local_only=True)]
+    phases = [Phase(MAIN_PHASE, cfg),
+              Phase(LOCAL_ONLY_PHASE, local_only_config(cfg), local_only=True)]
     c = cfg.contribution
     if c.enabled and c.use_for_weights and c.sample_count_baseline:
         phases.append(Phase(SAMPLE_COUNT_PHASE, cfg, sample_count_weighting=True))
-    if cfg.dp.enabled and cfg.dp.no_dp_baseline:
+    if cfg.dp.enabled and cfg.dp.no_dp_baseline:   # either level
         phases.append(Phase(NO_DP_PHASE, plain))
     if cfg.paillier.enabled and cfg.paillier.plaintext_baseline:
         # the same configuration without encryption (distributed DP, if any, stays on)
@@ -124,8 +129,12 @@ def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object,
     baselines = {name: finished[name][0].history for name in BASELINE_PHASES
                  if name in finished}
     sections = {}
-    if cfg.dp.enabled:
+    if cfg.dp.client_level:
         sections["privacy"] = privacy_section(cfg, main)
+    elif cfg.dp.record_level:
+        local = finished.get(LOCAL_ONLY_PHASE, (None, 0.0))[0]
+        sections["privacy"] = record_privacy_section(
+            cfg, main.history, None if local is None else local.history)
     if cfg.paillier.enabled:
         plain, plain_seconds = finished.get(PLAINTEXT_PHASE, (None, None))
         sections["paillier"] = paillier_section(
@@ -169,6 +178,32 @@ def privacy_section(cfg: ExperimentConfig, strategy) -> dict:
         "accountant": "flwr.serverapp.RdpAccountant (client-level, add-or-remove-one "
                       "for full participation, replace-one for fixed-size cohorts)",
     }
+
+
+def record_privacy_section(cfg: ExperimentConfig, history: list[dict],
+                           local_only: list[dict] | None) -> dict:
+    """``results.json`` ``privacy`` of a ``[dp] level = "record"`` run: the DP-SGD settings,
+    each client's final epsilon and the epsilon per round (main run and local-only)."""
+    def final(entries: list[dict] | None) -> dict:
+        spent = [e for e in entries or [] if "epsilon_per_client" in e]
+        if not spent:
+            return {}
+        return {"epsilon_per_client": spent[-1]["epsilon_per_client"],
+                "epsilon_max": spent[-1]["epsilon_max"],
+                "epsilon_mean": spent[-1]["epsilon_mean"],
+                "epsilon_max_per_round": [e["epsilon_max"] for e in spent]}
+
+    dp, split = cfg.dp, build_split(cfg)
+    noise = {str(cid): record_dp(cfg, group.batch_size, len(split.clients[cid].train))
+             for cid, group in enumerate(cfg.client_groups()) if group.framework == "pytorch"}
+    return {"level": "record", "mechanism": "DP-SGD (Opacus: Poisson sampling, per-sample "
+            "clipping, Gaussian noise)", "clip_norm": dp.clip_norm, "delta": dp.delta,
+            "target_epsilon": dp.target_epsilon,
+            "noise_multiplier_per_client": {c: d.noise_multiplier for c, d in noise.items()},
+            "max_epsilon": dp.budget, "planned_private_epochs": planned_private_epochs(cfg),
+            "accountant": "opacus.accountants.RDPAccountant (record-level, add-or-remove-one, "
+                          "per client)",
+            "main": final(history), "local_only": final(local_only)}
 
 
 def robust_section(cfg: ExperimentConfig, histories: dict[str, list[dict]]) -> dict:

@@ -16,8 +16,10 @@ from .experiment import build_split
 
 HISTORY_KEYS = ("round", "client_accuracy_mean", "client_accuracy_std", "client_accuracy_min",
                 "global_accuracy_mean", "bytes_up", "bytes_down", "seconds")
-PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "released_rows")
-"""History keys of a round that released a differentially private consensus."""
+PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "released_rows",
+                "epsilon_mean", "epsilon_max", "epsilon_per_client", "record_delta")
+"""History keys of a round under DP: a released private consensus (client level), or the
+clients' DP-SGD epsilon (record level)."""
 
 
 def _client_table(cfg: ExperimentConfig) -> list[dict]:

@@ -102,3 +102,45 @@ def test_switching_on_a_shipped_privacy_section_builds_the_strategy(tmp_path, pa
     key_files = paillier_key_files(cfg, tmp_path) if cfg.paillier.enabled else None
     strategy = build_strategy(cfg, key_files=key_files)
     assert strategy.privacy_history == [] if section == "dp" else strategy.history == []
+
+
+def _record(**dp):
+    return {"enabled": True, "level": "record", "target_epsilon": 8.0, **dp}
+
+
+def test_record_level_dp_config_builds_dp_sgd_clients_and_keeps_it_in_the_local_only_run():
+    from simulations.experiment import (build_client, dp_strategy_options, local_only_config,
+                                        planned_private_epochs)
+    from simulations.phases import experiment_phases
+
+    cfg = load_config(CONFIGS / "fmnist_dpsgd.toml")
+    assert cfg.dp.record_level and not cfg.dp.client_level
+    assert cfg.data.num_clients == 10 and planned_private_epochs(cfg) == 2 + 15 + 2
+    small = from_dict(_raw(clients=[{"architecture": "mlp", "count": 2}],
+                           data={"dataset": "digits", "num_clients": 2, "proxy_size": 300,
+                                 "proxy_validation_size": 100},
+                           strategy={"class_vote_weighting": False}, dp=_record()))
+    assert dp_strategy_options(small) == {}          # no server-side noise
+    learner = build_client(small, 0).learner
+    assert learner.dp is not None and learner.dp.max_epsilon == 8.0
+    phases = {p.name: p for p in experiment_phases(small)}
+    assert phases["local_only"].cfg.dp.record_level       # same DP-SGD settings
+    assert not phases["no_dp"].cfg.dp.enabled
+    assert local_only_config(small).dp.record_level
+    assert build_client(phases["no_dp"].cfg, 0).learner.dp is None
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({}, "scikit-learn|PyTorch"),                                     # a sklearn client
+    ({"clients": [{"architecture": "mlp", "count": 2}],
+      "strategy": {"class_vote_weighting": True}}, "class_vote_weighting"),
+    ({"clients": [{"architecture": "mlp", "count": 2}],
+      "strategy": {"name": "fedproto", "feature_dim": 32}}, "prototypes"),
+    ({"clients": [{"architecture": "mlp", "count": 2}],
+      "strategy": {"class_vote_weighting": False}, "dp": _record(level="sample")}, "level"),
+])
+def test_record_level_dp_refuses_what_it_does_not_cover(changes, match):
+    raw = _raw(dp=_record(), strategy={"class_vote_weighting": False})
+    raw.update(changes)
+    with pytest.raises(ConfigError, match=match):
+        from_dict(raw)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from flhet_strategies.protocol import ClientAlgorithm
+from flhet_strategies import wire
+from flhet_strategies.protocol import ClientAlgorithm, Instruction, Reply
 
 _HALVES = {
     "consensus": ("clients.algorithms.consensus", "ConsensusClient"),
@@ -34,4 +35,22 @@ def client_algorithm(name: str) -> ClientAlgorithm:
     return getattr(import_module(module), cls)()
 
 
-__all__ = ["client_algorithm"]
+def fit(instruction: Instruction, client) -> Reply:
+    """The instructed client half's reply, with the client's record-level privacy spent
+    (:meth:`~clients.federated_client.FederatedClient.privacy_metrics`) in its metrics."""
+    reply = client_algorithm(_name(instruction)).fit(instruction, client)
+    reply.metrics.update(client.privacy_metrics())
+    return reply
+
+
+def evaluate(instruction: Instruction, client) -> dict[str, float]:
+    """The instructed client half's evaluation metrics, with the privacy spent."""
+    return {**client_algorithm(_name(instruction)).evaluate(instruction, client),
+            **client.privacy_metrics()}
+
+
+def _name(instruction: Instruction) -> str:
+    return str(instruction.config.get(wire.ALGORITHM, "consensus"))
+
+
+__all__ = ["client_algorithm", "evaluate", "fit"]

@@ -51,8 +51,10 @@ class ConsensusClient(ClientAlgorithm):
         if recipe.final_round and recipe.final_private_epochs > 0:
             client.learner.train(client.x_train, client.y_train, recipe.final_private_epochs,
                                  lr_scale=recipe.final_lr_scale)
-        return Reply("", {wire.LOGITS: logits, wire.CLASS_COUNTS: client.class_counts},
-                     {**metrics, wire.NUM_EXAMPLES: client.num_examples})
+        arrays = {wire.LOGITS: logits}
+        if not client.private_records:    # a label histogram is not covered by DP-SGD
+            arrays[wire.CLASS_COUNTS] = client.class_counts
+        return Reply("", arrays, {**metrics, wire.NUM_EXAMPLES: client.num_examples})
 
 
 __all__ = ["ConsensusClient"]

@@ -65,6 +65,8 @@ class PrototypeClient(ClientAlgorithm):
 
     def fit(self, instruction: Instruction, client: FederatedClient) -> Reply:
         """Train towards the global prototypes; reply with this client's prototypes."""
+        client.refuse_under_record_dp("class prototypes (means of private features) and "
+                                      "the label histogram")
         learner = self._learner(instruction, client)
         recipe = PrototypeRecipe.from_config(instruction.config)
         prototypes, mask = _global(instruction, client.num_classes)

@@ -120,6 +120,8 @@ class FedGHClient(SharedHeadClient):
 
     def upload(self, learner: FeatureLearner, client: FederatedClient) -> dict[str, np.ndarray]:
         """Prototypes ``(C, d)`` (zero rows for absent classes) and class counts."""
+        client.refuse_under_record_dp("class prototypes (means of private features) and "
+                                      "the label histogram")
         means, counts = class_prototypes(learner.embed(client.x_train), client.y_train,
                                          client.num_classes)
         return {wire.PROTOTYPES: means, wire.CLASS_COUNTS: counts}

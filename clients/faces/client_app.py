@@ -12,7 +12,7 @@ from flhet_strategies import wire
 from flhet_strategies.faces.records import instruction_of, reply_content
 from flhet_strategies.protocol import Reply
 
-from ..algorithms import client_algorithm
+from .. import algorithms
 from ..federated_client import FederatedClient
 from .state import checkpoint_dir as node_checkpoint_dir
 from .state import client_id_from_context, restore_for, save_for
@@ -62,8 +62,7 @@ def flhet_client_app(client_factory: ClientFactory, mods: list | None = None,
     def train(msg: Message, context: Context) -> Message:
         instruction = instruction_of(msg)
         client = _client(context, instruction, training=True)
-        algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
-        reply = algorithm.fit(instruction, client)
+        reply = algorithms.fit(instruction, client)
         save_for(client, context, instruction,
                  directory=node_checkpoint_dir(context, checkpoint_dir))
         reply.metrics.update({wire.CLIENT_ID: client_id_from_context(context)})
@@ -76,9 +75,7 @@ def flhet_client_app(client_factory: ClientFactory, mods: list | None = None,
         metrics: dict = {wire.CLIENT_ID: client_id_from_context(context)}
         if instruction.config.get(wire.EVALUATE, True):
             client = _client(context, instruction, training=False)
-            algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM,
-                                                                    "consensus")))
-            metrics.update(algorithm.evaluate(instruction, client))
+            metrics.update(algorithms.evaluate(instruction, client))
             metrics[wire.NUM_EXAMPLES] = len(client.y_test)
         return Message(content=reply_content(Reply("", {}, metrics)), reply_to=msg)
 

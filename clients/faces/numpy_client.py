@@ -10,7 +10,7 @@ from flwr.client import NumPyClient
 from flhet_strategies import wire
 from flhet_strategies.faces.records import instruction_from_compat, reply_to_compat
 
-from ..algorithms import client_algorithm
+from .. import algorithms
 from ..federated_client import FederatedClient
 from .state import checkpoint_dir as node_checkpoint_dir
 from .state import restore_for, save_for
@@ -67,8 +67,7 @@ class FlhetNumPyClient(NumPyClient):
         """One round of the instructed algorithm; its reply arrays, named in the metrics."""
         instruction = instruction_from_compat(parameters, config)
         self._restored(instruction, training=True)
-        algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
-        reply = algorithm.fit(instruction, self.client)
+        reply = algorithms.fit(instruction, self.client)
         save_for(self.client, self._context, instruction, directory=self._dir)
         arrays, metrics = reply_to_compat(reply)
         num_examples = int(metrics.pop(wire.NUM_EXAMPLES, self.client.num_examples))
@@ -80,8 +79,7 @@ class FlhetNumPyClient(NumPyClient):
         if not instruction.config.get(wire.EVALUATE, True):
             return 0.0, 0, {wire.CLIENT_ID: self.client_id}
         self._restored(instruction, training=False)
-        algorithm = client_algorithm(str(instruction.config.get(wire.ALGORITHM, "consensus")))
-        metrics = algorithm.evaluate(instruction, self.client)
+        metrics = algorithms.evaluate(instruction, self.client)
         loss = 1.0 - metrics["client_accuracy"]
         return float(loss), int(len(self.client.y_test)), {**metrics,
                                                            wire.CLIENT_ID: self.client_id}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..kd_loss import kd_loss
 from .base import AuxLoss, DistillTarget
+from .dpsgd import DPSGD, STATE_KEY, RecordPrivacy, make_private_compatible, sample_rate
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -78,6 +79,12 @@ class TorchLearner:
         Torch device.
     seed : int (default: 0)
         Seed of the batch shuffling.
+    dp : DPSGD, optional
+        Record-level differential privacy (DP-SGD with Opacus, see
+        :mod:`clients.learners.dpsgd`): the model is made DP-compatible (BatchNorm
+        becomes GroupNorm, ...), private batches are Poisson-sampled with rate
+        ``batch_size / N``, their per-sample gradients clipped and noised; distillation
+        on public proxy inputs is not. :meth:`privacy_spent` reports epsilon.
     """
 
     framework = "pytorch"
@@ -91,12 +98,17 @@ class TorchLearner:
         weight_decay: float = 5e-4,
         device: str = "cpu",
         seed: int = 0,
+        dp: DPSGD | None = None,
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if lr <= 0 or batch_size < 1:
             raise ValueError("lr must be positive and batch_size at least 1")
+        if dp is not None:
+            model = make_private_compatible(model)
         self.model = model.to(device)
+        self.dp = dp
+        self._privacy = None if dp is None else RecordPrivacy(self.model, dp)
         self.lr = float(lr)
         self.optimizer_name = optimizer
         self.batch_size = int(batch_size)
@@ -207,6 +219,7 @@ class TorchLearner:
         """
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        body = head = None
         if aux_loss is not None:
             body, head = self._split("train(aux_loss=...)")
         xt = torch.tensor(x, dtype=torch.float32)
@@ -216,49 +229,92 @@ class TorchLearner:
             px = torch.tensor(distill.x, dtype=torch.float32)
             pp = torch.as_tensor(distill.probs, dtype=torch.float32)
             stream = self._proxy_stream(len(px))
+        sums = {"ce": 0.0, "kd": 0.0, "aux": 0.0}
+
+        def private_loss(idx: torch.Tensor) -> torch.Tensor:
+            labels = yt[idx].to(self.device)
+            if body is None:
+                loss = F.cross_entropy(self.model(xt[idx].to(self.device)), labels)
+                sums["ce"] += loss.item()
+                return loss
+            features = body(xt[idx].to(self.device))
+            out = head(features)
+            loss = F.cross_entropy(out, labels)
+            sums["ce"] += loss.item()
+            aux = aux_loss(features, out, labels)
+            if not isinstance(aux, torch.Tensor) or aux.numel() != 1:
+                got = (f"shape {tuple(aux.shape)}" if isinstance(aux, torch.Tensor)
+                       else type(aux).__name__)
+                raise ValueError("aux_loss(features, logits, labels) must return a "
+                                 f"scalar tensor, got {got}")
+            aux = aux.reshape(())
+            sums["aux"] += aux.item()
+            return loss + aux
+
+        def public_loss() -> torch.Tensor:
+            pidx = next(stream)
+            if len(pidx) < 2:
+                pidx = next(stream)
+            kd = kd_loss(self.model(px[pidx].to(self.device)), pp[pidx].to(self.device),
+                         distill.temperature)
+            sums["kd"] += kd.item()
+            return distill.weight * kd
+
         opt = self._optimizer(lr_scale)
         self.model.train()
-        ce_sum, kd_sum, aux_sum, steps = 0.0, 0.0, 0.0, 0
-        for _ in range(int(epochs)):
-            for idx in self._batches(len(xt)):
-                if len(idx) < 2:
-                    continue  # BatchNorm cannot train on a single sample
-                opt.zero_grad()
-                if aux_loss is None:
-                    out = self.model(xt[idx].to(self.device))
-                    loss = F.cross_entropy(out, yt[idx].to(self.device))
-                    ce_sum += loss.item()
-                else:
-                    labels = yt[idx].to(self.device)
-                    features = body(xt[idx].to(self.device))
-                    out = head(features)
-                    loss = F.cross_entropy(out, labels)
-                    ce_sum += loss.item()
-                    aux = aux_loss(features, out, labels)
-                    if not isinstance(aux, torch.Tensor) or aux.numel() != 1:
-                        got = (f"shape {tuple(aux.shape)}" if isinstance(aux, torch.Tensor)
-                               else type(aux).__name__)
-                        raise ValueError("aux_loss(features, logits, labels) must return a "
-                                         f"scalar tensor, got {got}")
-                    aux = aux.reshape(())
-                    aux_sum += aux.item()
-                    loss = loss + aux
-                if stream is not None:
-                    pidx = next(stream)
-                    if len(pidx) < 2:
-                        pidx = next(stream)
-                    s_out = self.model(px[pidx].to(self.device))
-                    kd = kd_loss(s_out, pp[pidx].to(self.device), distill.temperature)
-                    kd_sum += kd.item()
-                    loss = loss + distill.weight * kd
-                loss.backward()
-                opt.step()
-                steps += 1
+        if self._privacy is None:
+            steps = 0
+            for _ in range(int(epochs)):
+                for idx in self._batches(len(xt)):
+                    if len(idx) < 2:
+                        continue  # BatchNorm cannot train on a single sample
+                    opt.zero_grad()
+                    loss = private_loss(idx)
+                    if stream is not None:
+                        loss = loss + public_loss()
+                    loss.backward()
+                    opt.step()
+                    steps += 1
+            metrics = {}
+        else:
+            steps, metrics = self._train_private(opt, len(xt), int(epochs), private_loss,
+                                                 public_loss if stream is not None else None)
         steps = max(steps, 1)
-        metrics = {"train_loss": ce_sum / steps, "kd_loss": kd_sum / steps}
+        metrics.update(train_loss=sums["ce"] / steps, kd_loss=sums["kd"] / steps)
         if aux_loss is not None:
-            metrics["aux_loss"] = aux_sum / steps
+            metrics["aux_loss"] = sums["aux"] / steps
         return metrics
+
+    def _train_private(self, opt, num_examples: int, epochs: int, private_loss,
+                       public_loss) -> tuple[int, dict[str, float]]:
+        """DP-SGD epochs (Poisson batches); once the budget is spent, the remaining
+        steps train on the public proxy term alone (if any)."""
+        privacy = self._privacy
+        rate = sample_rate(self.batch_size, num_examples)
+        wanted = epochs * max(1, int(1 / rate))
+        allowed = privacy.steps_left(rate, wanted)
+        dp_opt = privacy.optimizer(opt, rate, num_examples)
+        private_steps = 0
+        for _ in range(epochs):
+            for idx in privacy.batches(num_examples, rate, self._generator):
+                if private_steps < allowed:
+                    privacy.step(dp_opt, rate, len(idx), lambda i=idx: private_loss(i),
+                                 public_loss)
+                    private_steps += 1
+                elif public_loss is not None:
+                    opt.zero_grad()
+                    public_loss().backward()
+                    opt.step()
+        return private_steps, {"dp_steps": float(private_steps),
+                               "dp_budget_exhausted": float(allowed < wanted)}
+
+    def privacy_spent(self) -> dict[str, float]:
+        """Record-level privacy spent so far: ``{"epsilon", "delta", "steps"}`` (empty
+        without DP-SGD)."""
+        if self._privacy is None:
+            return {}
+        return {"epsilon": self._privacy.epsilon(), "delta": self.dp.delta,
+                "steps": float(self._privacy.steps)}
 
     @_seeded
     def distill(self, target: DistillTarget, epochs: int) -> dict[str, float]:
@@ -399,10 +455,21 @@ class TorchLearner:
                              strict=True)
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """The ``state_dict`` (parameters and buffers) as numpy arrays."""
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        """The ``state_dict`` (parameters and buffers) as numpy arrays; with DP-SGD also
+        the accountant's history (:data:`~clients.learners.dpsgd.STATE_KEY`)."""
+        state = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        if self._privacy is not None:
+            state[STATE_KEY] = self._privacy.state()
+        return state
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Load a state from :meth:`get_state` (strict: names and shapes must match)."""
+        state = dict(state)
+        history = state.pop(STATE_KEY, None)
+        if (history is None) != (self._privacy is None):
+            raise ValueError("the saved state was trained " + ("without" if history is None
+                             else "with") + " DP-SGD, this learner is the other kind")
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
         self.model.load_state_dict(tensors, strict=True)
+        if history is not None:
+            self._privacy.load_state(history)

@@ -17,6 +17,7 @@ from flwr.common.logger import log
 
 from .. import wire
 from ..aggregation.claims import ClaimCheck
+from ..evaluation import record_privacy_summary
 from ..history import RoundHistory
 from ..protocol import Instruction, Outcome, Reply, ServerAlgorithm, client_sort_key
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -279,6 +280,8 @@ class RoundDriver:
         outcome.rejected = {**refused, **outcome.rejected}
         bytes_up = sum(reply.nbytes for reply in replies)
         self.history.record_train(server_round, outcome, failures, bytes_up)
+        spent = record_privacy_summary({r.client_id: r.metrics for r in replies})
+        self.history.entry(server_round).update(spent)
         log(INFO, "%s: %s accepted, %s rejected, %s failed", self.progress(server_round),
             len(outcome.accepted), len(outcome.rejected), failures)
         metrics: dict[str, float] = {
@@ -289,6 +292,8 @@ class RoundDriver:
         for key in ("epsilon", "delta"):
             if key in outcome.privacy:
                 metrics[key] = float(outcome.privacy[key])
+        if spent:
+            metrics["record-epsilon-max"] = spent["epsilon_max"]
         return outcome, metrics
 
     def _missing_replies(self, server_round: int, replies: Sequence[Reply],
@@ -363,6 +368,7 @@ class RoundDriver:
                                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
                       for r in replies if wire.CLIENT_ACCURACY in r.metrics}
         summary = self.history.record_evaluate(server_round, per_client)
+        self.history.entry(server_round).update(record_privacy_summary(per_client))
         if summary is None:
             self.end_round(server_round)
             return {}

@@ -150,7 +150,7 @@ def app_settings(run_config: Mapping[str, object]) -> AppSettings:
     values = _checked(run_config)
     config_path = resolve_config_path(str(values["config"]))
     experiment = _load(config_path, int(values["num-rounds"]), str(values["overrides"]))
-    if experiment.paillier.enabled or (experiment.dp.enabled and experiment.dp.mode == "distributed"):
+    if experiment.paillier.enabled or (experiment.dp.client_level and experiment.dp.mode == "distributed"):
         raise ConfigError(
             "the Flower App runs plain and central-DP experiments; [paillier] and "
             "[dp] mode = \"distributed\" need client mods: run them with `flhet-sim run`")
