@@ -569,6 +569,11 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.api not in API_FACES:
             raise ConfigError(f"api must be one of {API_FACES}, got {self.api!r}")
+        for name in ("num_rounds", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r} (several --set "
+                                  "overrides are given as separate --set options)")
         if self.num_rounds < 1:
             raise ConfigError(f"num_rounds must be at least 1, got {self.num_rounds}")
         if not self.round_timeout > 0:

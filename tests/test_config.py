@@ -144,3 +144,10 @@ def test_record_level_dp_refuses_what_it_does_not_cover(changes, match):
     raw.update(changes)
     with pytest.raises(ConfigError, match=match):
         from_dict(raw)
+
+
+def test_a_non_integer_round_count_is_named():
+    """``--set "num_rounds=2 seed=1"`` (one option for two overrides) read num_rounds as
+    the string '2 seed=1' and failed with "'<' not supported between str and int"."""
+    with pytest.raises(ConfigError, match="num_rounds must be an integer"):
+        from_dict(_raw(num_rounds="2 seed=1"))

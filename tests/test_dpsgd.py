@@ -210,3 +210,23 @@ def test_settings_are_validated():
                 {"noise_multiplier": 1, "delta": 1.0}, {"noise_multiplier": 1, "max_epsilon": 0}):
         with pytest.raises(ValueError):
             DPSGD(**bad)
+
+
+def test_both_faces_reply_path_carries_the_epsilon(digits):
+    """The ClientApp and the NumPyClient both answer through ``clients.algorithms.fit`` /
+    ``evaluate``, which add the learner's epsilon to the reply metrics."""
+    from clients import algorithms
+    from flhet_strategies.algorithms.consensus import RoundPlan
+    from flhet_strategies.algorithms.recipes import DistillationRecipe
+    from flhet_strategies.protocol import Instruction
+
+    client = _client(_learner(DPSGD(1.0)), digits)
+    plan = RoundPlan(1, np.arange(20), np.arange(0), np.zeros((0, 10), np.float32))
+    config = {**DistillationRecipe(warmup_epochs=0).to_config(), wire.SERVER_ROUND: 1,
+              wire.ALGORITHM: "consensus"}
+    reply = algorithms.fit(Instruction(plan.to_arrays(), config), client)
+    spent = client.learner.privacy_spent()["epsilon"]
+    assert reply.metrics[wire.RECORD_EPSILON] == spent > 0
+    assert reply.metrics[wire.RECORD_DELTA] == 1e-5
+    metrics = algorithms.evaluate(Instruction({}, config), client)
+    assert metrics[wire.RECORD_EPSILON] == spent and "client_accuracy" in metrics

@@ -77,8 +77,11 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, rate: float,
     steps of sampling rate ``rate`` (Opacus's ``get_noise_multiplier``, RDP)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                      sample_rate=rate, steps=int(steps), accountant="rdp"))
+    with warnings.catch_warnings():   # its search tries tiny epsilons at the largest order
+        warnings.filterwarnings("ignore", message="Optimal order")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=rate, steps=int(steps),
+                                          accountant="rdp"))
 
 
 def _out_of_place_residuals(model: torch.nn.Module) -> None:
@@ -157,8 +160,11 @@ class RecordPrivacy:
 
     def epsilon(self) -> float:
         """Epsilon spent so far at the settings' delta (0 before any private step)."""
-        return float(self.accountant.get_epsilon(self.settings.delta)) \
-            if self.accountant.history else 0.0
+        if not self.accountant.history:
+            return 0.0
+        with warnings.catch_warnings():   # "optimal order is the largest alpha": small eps
+            warnings.filterwarnings("ignore", message="Optimal order")
+            return float(self.accountant.get_epsilon(self.settings.delta))
 
     @property
     def steps(self) -> int:
@@ -171,8 +177,10 @@ class RecordPrivacy:
         orders = RDPAccountant.DEFAULT_ALPHAS
         rdp = sum(rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=s, orders=orders)
                   for z, q, s in history)
-        return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp,
-                                                    delta=self.settings.delta)[0])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order")
+            return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp,
+                                                        delta=self.settings.delta)[0])
 
     def steps_left(self, rate: float, wanted: int) -> int:
         """How many of ``wanted`` further steps at ``rate`` fit in ``max_epsilon``."""
