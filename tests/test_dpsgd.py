@@ -163,13 +163,16 @@ def test_zoo_models_opacus_rewrites_give_exact_per_example_gradients(arch):
             module.p = 0.0                 # so one example alone sees the same network
     wrapped = GradSampleModule(model)
     model.train()
-    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1, 8, 8, generator=generator)
+    y = torch.randint(0, 10, (4,), generator=generator)
     F.cross_entropy(model(x), y).backward()
     wrapped.disable_hooks()
     params = [p for p in model.parameters() if p.requires_grad]
     alone = torch.autograd.grad(F.cross_entropy(model(x[2:3]), y[2:3]), params)
     for p, g in zip(params, alone):
-        torch.testing.assert_close(p.grad_sample[2], g, atol=1e-4, rtol=1e-3)
+        # float32 sums in another order: ~1e-4 apart; a wrong per-example split is O(1)
+        torch.testing.assert_close(p.grad_sample[2], g, atol=1e-3, rtol=1e-2)
 
 
 def _client(learner, digits):

@@ -27,7 +27,7 @@ def test_dp_sgd_run_reports_each_clients_epsilon_and_spends_the_target(tmp_path)
                    "kd_weight": 0.1},
         "dp": {"enabled": True, "level": "record", "target_epsilon": 4.0, "delta": 1e-5,
                "no_dp_baseline": False},   # the no-DP twin: tests/test_config.py
-        "clients": [{"architecture": "cnn_wide", "count": 1, "lr": 0.05},
+        "clients": [{"architecture": "cnn_small", "count": 1, "lr": 0.05},
                     {"architecture": "mlp", "count": 2, "lr": 0.05}],
     })
     results = run_experiment(cfg, tmp_path)
