@@ -33,12 +33,16 @@ _EXPORTS = {
     "LGFedAvgCompat": "flhet_strategies.strategies",
     "FedGH": "flhet_strategies.strategies",
     "FedGHCompat": "flhet_strategies.strategies",
+    "FedDF": "flhet_strategies.strategies",
+    "FedDFCompat": "flhet_strategies.strategies",
     # server halves and recipes
     "ConsensusDistillation": "flhet_strategies.algorithms.consensus",
     "ConsensusConfig": "flhet_strategies.aggregation.logit_consensus",
     "DistillationRecipe": "flhet_strategies.algorithms.recipes",
     "PrototypeRecipe": "flhet_strategies.algorithms.recipes",
     "SharedHeadRecipe": "flhet_strategies.algorithms.recipes",
+    "FedDFRecipe": "flhet_strategies.algorithms.recipes",
+    "DistillSettings": "flhet_strategies.server_distillation",
     # privacy
     "DifferentialPrivacy": "flhet_strategies.privacy.dp.mechanism",
     "DpSettings": "flhet_strategies.privacy.dp.settings",

@@ -15,6 +15,7 @@ from phe import PaillierPublicKey
 from .aggregation.claims import ClaimCheck
 from .aggregation.logit_consensus import ConsensusConfig
 from .algorithms.consensus import ConsensusDistillation
+from .algorithms.feddf import FedDFServer
 from .algorithms.prototypes import FedProtoServer, FedTGPServer
 from .algorithms.recipes import DistillationRecipe, PrototypeRecipe, SharedHeadRecipe
 from .algorithms.shared_head import HEAD_BOUND, FedGHServer, LGFedAvgServer
@@ -430,6 +431,54 @@ class FedGH(_FedGH, MessageStrategy):
 
 class FedGHCompat(_FedGH, CompatStrategy):
     """:class:`FedGH` for the compat API (face options of
+    :class:`~flhet_strategies.faces.compat.CompatStrategy`)."""
+
+
+_DF_OPTIONS = ("validation_labels", "recipe", "distillation", "proxy_per_round")
+
+
+class _FedDF:
+    """FedDF's constructor for either face (a mixin; the face comes second)."""
+
+    def __init__(self, models, proxy_x, num_classes: int, validation_indices,
+                 **options) -> None:
+        if "privacy" in options:
+            raise ValueError("FedDF's server distills on every group's model: DP and secure "
+                             "sums of its group averages are not wired yet")
+        server = {k: options.pop(k) for k in _DF_OPTIONS if k in options}
+        self.init_face(FedDFServer(models, proxy_x, num_classes, validation_indices,
+                                   seed=options.get("seed", 0), **server), **options)
+
+
+class FedDF(_FedDF, MessageStrategy):
+    """FedDF (Lin et al., NeurIPS'20, https://arxiv.org/abs/2006.07242), Message API.
+
+    Clients of one architecture form a group whose models are averaged; the server then
+    distills every group's average on the unlabeled proxy set toward the mean logits of
+    all received models (and of predictions-only clients) and sends each node its group's
+    model. Pair it with :func:`clients.faces.client_app.flhet_client_app`.
+
+    Parameters
+    ----------
+    models : Mapping[str, Callable[[], torch.nn.Module]]
+        Architecture name -> constructor of its model (picklable: a function or
+        ``functools.partial``); clients' ``TorchLearner.architecture`` names their group.
+    proxy_x : np.ndarray
+        The public proxy inputs (the clients hold the same rows).
+    num_classes : int
+        Number of classes.
+    validation_indices : np.ndarray
+        Proxy rows held out for the server's early stopping.
+    **options
+        ``validation_labels``, ``recipe`` (:class:`~flhet_strategies.algorithms.recipes.FedDFRecipe`),
+        ``distillation`` (:class:`~flhet_strategies.server_distillation.DistillSettings`),
+        ``proxy_per_round`` (:class:`~flhet_strategies.algorithms.feddf.FedDFServer`) and
+        the parameters of :class:`~flhet_strategies.faces.message.MessageStrategy`.
+    """
+
+
+class FedDFCompat(_FedDF, CompatStrategy):
+    """:class:`FedDF` for the compat API (face options of
     :class:`~flhet_strategies.faces.compat.CompatStrategy`)."""
 
 

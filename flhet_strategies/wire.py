@@ -68,6 +68,29 @@ as the last column."""
 HEAD = "head"
 """Reply (LG-FedAvg): the client's trained head, laid out as :data:`GLOBAL_HEAD`."""
 
+# --- FedDF (one model per architecture group) ------------------------------------------------
+MODEL_PREFIX = "model/"
+"""Instruction and reply: a group model's array is ``model/<architecture>/<state_dict key>``
+(the architecture travels in the names: Flower's metrics hold numbers only)."""
+PREDICTIONS_ONLY = "predictions"
+"""The architecture of a client that cannot share weights (it replies with proxy logits)."""
+
+
+def model_key(architecture: str, name: str) -> str:
+    """The instruction array name of a group model's state entry ``name``."""
+    return f"{MODEL_PREFIX}{architecture}/{name}"
+
+
+def group_models(arrays) -> dict[str, dict]:
+    """``{architecture: {state key: array}}`` from the :func:`model_key` arrays among ``arrays``."""
+    out: dict[str, dict] = {}
+    for key, value in arrays.items():
+        if isinstance(key, str) and key.startswith(MODEL_PREFIX) and "/" in key[len(MODEL_PREFIX):]:
+            arch, name = key[len(MODEL_PREFIX):].split("/", 1)
+            out.setdefault(arch, {})[name] = value
+    return out
+
+
 # --- differential privacy -------------------------------------------------------------------
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 """Config: ``z``, noise std on the sum of the cohort's clipped replies over their bound."""

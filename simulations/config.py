@@ -24,6 +24,7 @@ from flhet_strategies.algorithms.prototypes import (
 )
 from flhet_strategies.algorithms.recipes import (
     DistillationRecipe,
+    FedDFRecipe,
     PrototypeRecipe,
     SharedHeadRecipe,
 )
@@ -118,7 +119,7 @@ class DataConfig:
         return PartitionerSpec.from_dict(self.partitioner)
 
 
-STRATEGIES = ("fedconsensus", "fedproto", "fedtgp", "lgfedavg", "fedgh")
+STRATEGIES = ("fedconsensus", "fedproto", "fedtgp", "lgfedavg", "fedgh", "feddf")
 """Strategies an experiment can run (``[strategy] name``)."""
 
 PROTOTYPE_STRATEGIES = ("fedproto", "fedtgp")
@@ -159,6 +160,12 @@ class StrategyConfig:
         LG-FedAvg: public bound on a head entry in a secure sum.
     margin_threshold, server_epochs, server_lr, server_batch_size
         FedTGP's generator training; FedGH's head training (the last three).
+    distill_steps, distill_lr, distill_batch_size, distill_temperature, distill_eval_every,
+    distill_patience
+        FedDF's server distillation
+        (:class:`~flhet_strategies.server_distillation.DistillSettings`; defaults: the
+        authors' code). ``proxy_per_round`` is then the proxy rows distilled on per round
+        (0: every row outside the validation slice).
     """
 
     name: str = "fedconsensus"
@@ -176,6 +183,12 @@ class StrategyConfig:
     server_epochs: int = TGP_SERVER_EPOCHS
     server_lr: float = TGP_SERVER_LR
     server_batch_size: int = TGP_SERVER_BATCH_SIZE
+    distill_steps: int = 10_000
+    distill_lr: float = 1e-3
+    distill_batch_size: int = 128
+    distill_temperature: float = 1.0
+    distill_eval_every: int = 100
+    distill_patience: int = 1000
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -202,12 +215,22 @@ class StrategyConfig:
         """The ``[recipe]`` section's class for this strategy."""
         if self.prototypes:
             return PrototypeRecipe
+        if self.name == "feddf":
+            return FedDFRecipe
         return SharedHeadRecipe if self.name in SHARED_HEAD_STRATEGIES else DistillationRecipe
 
     @property
     def label(self) -> str:
         """The ``strategy`` entry of ``results.json``."""
         return f"{self.name}:{self.mode}" if self.name == "fedconsensus" else self.name
+
+    def distillation(self):
+        """FedDF's server distillation settings (a ``DistillSettings``; imports torch)."""
+        from flhet_strategies.server_distillation import DistillSettings
+
+        return DistillSettings(self.distill_steps, self.distill_lr, self.distill_batch_size,
+                               self.distill_temperature, self.distill_eval_every,
+                               self.distill_patience)
 
     def consensus(self) -> ConsensusConfig:
         """The :class:`ConsensusConfig` of this strategy."""
@@ -556,7 +579,7 @@ class ExperimentConfig:
     round_timeout: float = 3600.0
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    recipe: DistillationRecipe | PrototypeRecipe | SharedHeadRecipe = field(
+    recipe: DistillationRecipe | PrototypeRecipe | SharedHeadRecipe | FedDFRecipe = field(
         default_factory=DistillationRecipe)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     contribution: ContributionConfig = field(default_factory=ContributionConfig)
@@ -622,6 +645,8 @@ class ExperimentConfig:
         if not isinstance(self.recipe, recipe_type):
             raise ConfigError(f"strategy {self.strategy.name!r} takes a {recipe_type.__name__} "
                               f"[recipe], got a {type(self.recipe).__name__}")
+        if self.strategy.name == "feddf":
+            self._check_feddf()
         if not self.strategy.features:
             return
         flat = [g for g in self.clients if g.framework != "pytorch" or g.role == "free_rider"]
@@ -641,6 +666,21 @@ class ExperimentConfig:
                              "fedgh": ("FedGH", "lgfedavg")}[self.strategy.name]
             raise ConfigError(f"{label} trains on every client's prototypes: there is no sum "
                               f"to privatize or encrypt (use {summed} for [dp] and [paillier])")
+
+    def _check_feddf(self) -> None:
+        others = [k for k, on in (("[dp]", self.dp.enabled), ("[paillier]", self.paillier.enabled),
+                                  ("[robust]", self.robust.enabled),
+                                  ("[contribution]", self.contribution.enabled),
+                                  ("[adaptive]", self.adaptive.enabled)) if on]
+        if others:
+            raise ConfigError(f"strategy 'feddf' cannot be combined with {others} yet: its "
+                              "group averages and distillation are not wired to them")
+        if not any(g.framework == "pytorch" and g.role != "free_rider" for g in self.clients):
+            raise ConfigError("strategy 'feddf' needs at least one PyTorch client group (the "
+                              "architecture groups it averages and distills)")
+        if self.data.proxy_validation_size < 1:
+            raise ConfigError("strategy 'feddf' stops its server distillation early on the "
+                              "labeled proxy slice: data.proxy_validation_size must be >= 1")
 
     def _check_record_dp(self) -> None:
         if not self.dp.record_level:

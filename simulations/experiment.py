@@ -8,6 +8,7 @@ calls Flower's ``run_simulation``) and the Flower App in ``simulations/flower_ap
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from flhet_strategies.aggregation.robust import RobustAggregation
 from flhet_strategies.aggregation.validation_filter import ValidationFilter
 from flhet_strategies.algorithms.recipes import (
     DistillationRecipe,
+    FedDFRecipe,
     PrototypeRecipe,
     SharedHeadRecipe,
 )
@@ -53,6 +55,8 @@ from flhet_strategies.protocol import find_wrapper, unwrap
 from flhet_strategies.strategies import (
     FedConsensus,
     FedConsensusCompat,
+    FedDF,
+    FedDFCompat,
     FedGH,
     FedGHCompat,
     FedProto,
@@ -266,7 +270,8 @@ def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path) -> KeyFiles:
 
 
 _LOCAL_ONLY = {DistillationRecipe: {"kd_weight": 0.0}, PrototypeRecipe: {"proto_weight": 0.0},
-               SharedHeadRecipe: {"use_global_head": False}}
+               SharedHeadRecipe: {"use_global_head": False},
+               FedDFRecipe: {"use_global_model": False, "kd_weight": 0.0}}
 """What the local-only baseline switches off in each kind of recipe."""
 
 
@@ -330,6 +335,13 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         strategy = strategy_type(split.num_classes, s.feature_dim, recipe,
                                  server_epochs=s.server_epochs, server_lr=s.server_lr,
                                  server_batch_size=s.server_batch_size, **face)
+    elif s.name == "feddf":
+        strategy_type = FedDF if message else FedDFCompat
+        strategy = strategy_type(
+            group_constructors(cfg), split.proxy_x, split.num_classes,
+            split.proxy_validation_indices, validation_labels=split.proxy_validation.y,
+            recipe=recipe, distillation=s.distillation(),
+            proxy_per_round=s.proxy_per_round or None, **face)
     elif s.name == "fedtgp":
         strategy_type = FedTGP if message else FedTGPCompat
         strategy = strategy_type(split.num_classes, s.feature_dim, recipe,
@@ -367,6 +379,16 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
         strategy = wrapper(strategy, load_public_key(key_files.public_path),
                            max_examples=max_examples, decryption=cfg.paillier.decryption)
     return strategy
+
+
+def group_constructors(cfg: ExperimentConfig) -> dict:
+    """FedDF's server models: one constructor per PyTorch architecture of the clients
+    (``functools.partial`` of the zoo's ``build_model``: picklable for checkpoints)."""
+    split = build_split(cfg)
+    feature_dim = cfg.strategy.feature_dim if cfg.strategy.features else None
+    return {g.architecture: partial(build_model, g.architecture, split.input_shape,
+                                    split.num_classes, feature_dim=feature_dim)
+            for g in cfg.client_groups() if g.framework == "pytorch" and g.role != "free_rider"}
 
 
 def enrollment(split: FederatedSplit) -> ClaimCheck:

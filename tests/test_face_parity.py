@@ -10,6 +10,7 @@ accepted, the weights, the traffic, the per-client accuracies and the privacy sp
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from uuid import uuid4
 
 import numpy as np
@@ -37,9 +38,12 @@ from flhet_strategies.algorithms.recipes import (
 )
 from flhet_strategies.privacy.dp.settings import PrivateConsensus
 from flhet_strategies.privacy.paillier import KeyHolder
+from flhet_strategies.server_distillation import DistillSettings
 from flhet_strategies.strategies import (
     FedConsensus,
     FedConsensusCompat,
+    FedDF,
+    FedDFCompat,
     FedGH,
     FedGHCompat,
     FedProto,
@@ -146,6 +150,9 @@ PROTO = dict(num_classes=CLASSES, feature_dim=FEATURES,
 TGP = dict(PROTO, server_epochs=5, server_batch_size=4)
 HEAD = dict(num_classes=CLASSES, feature_dim=FEATURES, recipe=SharedHeadRecipe(warmup_epochs=1))
 GH = dict(HEAD, server_epochs=5, server_batch_size=4)
+DF = dict(models={"mlp": partial(build_model, "mlp", SHAPE, CLASSES)}, proxy_x=PROXY,
+          num_classes=CLASSES, validation_indices=np.arange(50, 60),
+          distillation=DistillSettings(max_steps=20, batch_size=16, eval_every=5, patience=10))
 
 CASES = {
     "consensus": (FedConsensus, FedConsensusCompat, CONSENSUS, None),
@@ -154,6 +161,7 @@ CASES = {
     "fedtgp": (FedTGP, FedTGPCompat, TGP, FEATURES),
     "lgfedavg": (LGFedAvg, LGFedAvgCompat, HEAD, FEATURES),
     "fedgh": (FedGH, FedGHCompat, GH, FEATURES),
+    "feddf": (FedDF, FedDFCompat, DF, None),
 }
 
 

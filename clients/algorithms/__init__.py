@@ -17,6 +17,7 @@ _HALVES = {
     "fedtgp": ("clients.algorithms.prototypes", "PrototypeClient"),
     "lgfedavg": ("clients.algorithms.shared_head", "LGFedAvgClient"),
     "fedgh": ("clients.algorithms.shared_head", "FedGHClient"),
+    "feddf": ("clients.algorithms.feddf", "FedDFClient"),
 }
 
 

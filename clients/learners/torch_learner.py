@@ -85,6 +85,9 @@ class TorchLearner:
         becomes GroupNorm, ...), private batches are Poisson-sampled with rate
         ``batch_size / N``, their per-sample gradients clipped and noised; distillation
         on public proxy inputs is not. :meth:`privacy_spent` reports epsilon.
+    architecture : str, optional
+        The model's architecture name (FedDF groups clients by it); default: the model's
+        ``architecture`` attribute (every zoo model has one), else its class name.
     """
 
     framework = "pytorch"
@@ -99,6 +102,7 @@ class TorchLearner:
         device: str = "cpu",
         seed: int = 0,
         dp: DPSGD | None = None,
+        architecture: str | None = None,
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -106,6 +110,8 @@ class TorchLearner:
             raise ValueError("lr must be positive and batch_size at least 1")
         if dp is not None:
             model = make_private_compatible(model)
+        self.architecture = str(architecture or getattr(model, "architecture", None)
+                                or type(model).__name__)
         self.model = model.to(device)
         self.dp = dp
         self._privacy = None if dp is None else RecordPrivacy(self.model, dp)
@@ -453,6 +459,28 @@ class TorchLearner:
             raise ValueError(f"head state shapes do not match: {detail}")
         head.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in head_state.items()},
                              strict=True)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The model's ``state_dict`` (parameters and buffers) as numpy arrays: what
+        FedDF averages (no privacy accounting, unlike :meth:`get_state`)."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Load :meth:`get_weights` arrays (strict: names and shapes must match).
+
+        Raises
+        ------
+        ValueError
+            If names or shapes differ from this model's, naming the first ones.
+        """
+        own = self.model.state_dict()
+        missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        wrong = [k for k in own if k in weights and tuple(np.shape(weights[k])) != own[k].shape]
+        if missing or extra or wrong:
+            raise ValueError(f"the weights do not fit this {self.architecture} model: missing "
+                             f"{missing[:5]}, unexpected {extra[:5]}, wrong shape {wrong[:5]}")
+        self.model.load_state_dict({k: torch.as_tensor(np.asarray(weights[k])).to(
+            dtype=v.dtype, device=v.device) for k, v in own.items()}, strict=True)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """The ``state_dict`` (parameters and buffers) as numpy arrays; with DP-SGD also

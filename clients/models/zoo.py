@@ -181,8 +181,8 @@ def build_model(
     SplitModel
         A model in training mode mapping ``(N, C, H, W)`` float images to ``(N, num_classes)``
         logits, with submodules ``body`` (images to ``(N, feature_dim)`` features) and
-        ``head`` (features to logits) and the int attribute ``feature_dim``. No pretrained
-        weights are ever loaded.
+        ``head`` (features to logits), the int attribute ``feature_dim`` and the str
+        attribute ``architecture`` (``name``). No pretrained weights are ever loaded.
 
     Raises
     ------
@@ -203,6 +203,7 @@ def build_model(
         model = spec.split(spec.build(shape, int(num_classes)))
         if feature_dim is not None:
             model = with_projection(model, int(feature_dim), int(num_classes))
+    model.architecture = name
     return model
 
 

@@ -135,3 +135,36 @@ class SharedHeadRecipe(ConfigRecipe):
     def __post_init__(self) -> None:
         if min(self.local_epochs, self.warmup_epochs) < 0:
             raise ValueError("epoch counts must be non-negative")
+
+
+@dataclass(frozen=True)
+class FedDFRecipe(ConfigRecipe):
+    """Per-round client recipe of FedDF (ensemble distillation of architecture groups).
+
+    Parameters
+    ----------
+    local_epochs : int (default: 1)
+        Private epochs per round (from the group model received).
+    warmup_epochs : int (default: 0)
+        Extra private epochs in round 1.
+    use_global_model : bool (default: True)
+        Load the group model before training and score with it; False trains and scores
+        the client's own model alone (the local-only baseline).
+    kd_weight : float (default: 0.5)
+        A predictions-only client (scikit-learn): weight of its distillation term on the
+        ensemble's predictions (0: it trains alone).
+    kd_temperature : float (default: 1.0)
+        Its distillation temperature.
+    """
+
+    local_epochs: int = 1
+    warmup_epochs: int = 0
+    use_global_model: bool = True
+    kd_weight: float = 0.5
+    kd_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.local_epochs, self.warmup_epochs) < 0:
+            raise ValueError("epoch counts must be non-negative")
+        if self.kd_weight < 0 or self.kd_temperature <= 0:
+            raise ValueError("kd_weight must be >= 0 and kd_temperature > 0")
