@@ -326,3 +326,19 @@ def test_feddf_configs_that_cannot_run_are_refused(changes, match) -> None:
     from_dict(_raw())
     with pytest.raises(ConfigError, match=match):
         from_dict(_raw(**changes))
+
+
+def test_a_batch_norm_group_model_survives_flowers_records() -> None:
+    """BatchNorm's 0-d ``num_batches_tracked`` keeps its shape through an ArrayRecord."""
+    from flhet_strategies.faces.records import arrays_to_record, record_to_arrays
+
+    srv = FedDFServer({"cnn_wide": partial(build_model, "cnn_wide", SHAPE, C)}, PROXY_X, C,
+                      VAL, distillation=FAST)
+    sent = srv.instructions(1, ["0"])["0"]
+    received = Instruction(record_to_arrays(arrays_to_record(sent.arrays)), sent.config)
+    client = torch_client("cnn_wide", 0)
+    assert any(v.ndim == 0 for v in client.learner.get_weights().values())
+    reply = FedDFClient().fit(_with_round(received, 1), client)
+    back = Reply("0", record_to_arrays(arrays_to_record(reply.arrays)), reply.metrics,
+                 node_id="0")
+    assert srv.aggregate(1, [back]).accepted == ["0"]

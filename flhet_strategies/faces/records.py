@@ -21,10 +21,11 @@ from ..protocol import Instruction, Reply
 
 
 def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Pack named numpy arrays into an ``ArrayRecord`` (names preserved)."""
+    """Pack named numpy arrays into an ``ArrayRecord`` (names and shapes preserved: a 0-d
+    array stays 0-d, which ``np.ascontiguousarray`` would make 1-d)."""
     record = ArrayRecord()
     for name, value in arrays.items():
-        record[name] = Array(np.ascontiguousarray(value))
+        record[name] = Array(np.require(np.asarray(value), requirements="C"))
     return record
 
 
