@@ -20,6 +20,8 @@ PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "released_rows",
                 "epsilon_mean", "epsilon_max", "epsilon_per_client", "record_delta")
 """History keys of a round under DP: a released private consensus (client level), or the
 clients' DP-SGD epsilon (record level)."""
+REPORT_KEYS = ("feddf",)
+"""History keys of a server half's per-round report (FedDF: its groups' distillation)."""
 
 
 def _client_table(cfg: ExperimentConfig) -> list[dict]:
@@ -43,7 +45,7 @@ def _history_rows(history: list[dict]) -> list[dict]:
         if entry.get("client_accuracy_mean") is None:
             continue  # a round without evaluation
         row = {k: entry.get(k) for k in HISTORY_KEYS}
-        row.update({k: entry[k] for k in PRIVACY_KEYS if k in entry})
+        row.update({k: entry[k] for k in PRIVACY_KEYS + REPORT_KEYS if k in entry})
         row["num_failures"] = entry.get("num_failures", 0)
         row["per_client"] = entry.get("per_client", {})
         rows.append(row)

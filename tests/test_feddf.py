@@ -4,6 +4,7 @@ reply checks, the client half on real torch and scikit-learn learners, and confi
 
 from __future__ import annotations
 
+import io
 import pickle
 from functools import partial
 
@@ -237,7 +238,10 @@ def test_server_state_round_trips_and_the_strategy_pickles() -> None:
     srv = server()
     srv.aggregate(1, answer(srv, 1, {"0": torch_client("mlp", 0)}))
     fresh = server()
-    fresh.load_state_dict(pickle.loads(pickle.dumps(srv.state_dict())))
+    saved = io.BytesIO()
+    np.savez(saved, **srv.state_dict())           # as server_state.npz (no pickles)
+    saved.seek(0)
+    fresh.load_state_dict(dict(np.load(saved, allow_pickle=False)))
     assert fresh.node_architecture == {"0": "mlp"}
     for key, value in srv.result_arrays().items():
         np.testing.assert_array_equal(fresh.result_arrays()[key], value)
@@ -328,17 +332,32 @@ def test_feddf_configs_that_cannot_run_are_refused(changes, match) -> None:
         from_dict(_raw(**changes))
 
 
-def test_a_batch_norm_group_model_survives_flowers_records() -> None:
-    """BatchNorm's 0-d ``num_batches_tracked`` keeps its shape through an ArrayRecord."""
+def _through_records(arrays: dict) -> dict:
     from flhet_strategies.faces.records import arrays_to_record, record_to_arrays
 
+    return record_to_arrays(arrays_to_record(arrays))
+
+
+def _through_parameters(arrays: dict) -> dict:
+    from flhet_strategies.faces.records import (
+        instruction_from_compat,
+        instruction_parameters,
+        parameters_arrays,
+    )
+
+    parameters, config = instruction_parameters(Instruction(arrays, {}))
+    return instruction_from_compat(parameters_arrays(parameters), config).arrays
+
+
+@pytest.mark.parametrize("transport", [_through_records, _through_parameters])
+def test_a_batch_norm_group_model_survives_flowers_types(transport) -> None:
+    """BatchNorm's 0-d ``num_batches_tracked`` keeps its shape on both faces' wires."""
     srv = FedDFServer({"cnn_wide": partial(build_model, "cnn_wide", SHAPE, C)}, PROXY_X, C,
                       VAL, distillation=FAST)
     sent = srv.instructions(1, ["0"])["0"]
-    received = Instruction(record_to_arrays(arrays_to_record(sent.arrays)), sent.config)
     client = torch_client("cnn_wide", 0)
     assert any(v.ndim == 0 for v in client.learner.get_weights().values())
-    reply = FedDFClient().fit(_with_round(received, 1), client)
-    back = Reply("0", record_to_arrays(arrays_to_record(reply.arrays)), reply.metrics,
-                 node_id="0")
+    reply = FedDFClient().fit(_with_round(Instruction(transport(sent.arrays), sent.config), 1),
+                              client)
+    back = Reply("0", transport(reply.arrays), reply.metrics, node_id="0")
     assert srv.aggregate(1, [back]).accepted == ["0"]

@@ -329,19 +329,34 @@ class FedDFServer(ServerAlgorithm):
                 f"distillation up to {d.max_steps} steps (Adam {d.lr}, batch {d.batch_size}, "
                 f"T {d.temperature}, patience {d.patience})", f"Client recipe: {self.recipe}"]
 
-    def state_dict(self) -> dict[str, Any]:
-        """The group models, the node -> architecture map and whether models were released."""
-        return {"groups": {a: dict(s) for a, s in self.groups.items()},
-                "nodes": dict(self.node_architecture), "released": self._released}
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat arrays: every group's model (as :meth:`result_arrays`), the nodes seen and
+        their architectures, and whether models were released."""
+        nodes = sorted(self.node_architecture)
+        return {**self.result_arrays(), "nodes": np.asarray(nodes, dtype=str),
+                "node_architectures": np.asarray([self.node_architecture[n] for n in nodes],
+                                                 dtype=str),
+                "released": np.asarray(self._released)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        groups = state["groups"]
+        """Restore :meth:`state_dict`.
+
+        Raises
+        ------
+        ValueError
+            If the saved groups or their states are not this server's.
+        """
+        groups = wire.group_models(state)
         if set(groups) != set(self.groups):
             raise ValueError(f"the saved groups {sorted(groups)} are not this server's "
                              f"{sorted(self.groups)}")
-        self.groups = {a: dict(s) for a, s in groups.items()}
-        self.node_architecture = dict(state["nodes"])
+        for arch, saved in groups.items():
+            if set(saved) != set(self.groups[arch]):
+                raise ValueError(f"the saved {arch} model's entries are not this server's")
+        self.groups = {a: {k: np.asarray(v).reshape(self.groups[a][k].shape)
+                           for k, v in s.items()} for a, s in groups.items()}
+        self.node_architecture = dict(zip(map(str, state["nodes"]),
+                                          map(str, state["node_architectures"])))
         self._released, self._consensus = bool(state["released"]), None
 
 
