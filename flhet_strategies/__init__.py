@@ -42,7 +42,7 @@ _EXPORTS = {
     "PrototypeRecipe": "flhet_strategies.algorithms.recipes",
     "SharedHeadRecipe": "flhet_strategies.algorithms.recipes",
     "FedDFRecipe": "flhet_strategies.algorithms.recipes",
-    "DistillSettings": "flhet_strategies.server_distillation",
+    "DistillSettings": "flhet_strategies.distill_settings",
     # privacy
     "DifferentialPrivacy": "flhet_strategies.privacy.dp.mechanism",
     "DpSettings": "flhet_strategies.privacy.dp.settings",

@@ -8,7 +8,6 @@ validation slice. Torch + numpy, no Flower; ``docs/feddf.md`` has the details.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,45 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distill_settings import DistillSettings
+from .kd_loss import kd_loss
 from .server_training import load_state_arrays, state_arrays
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """How the server distills each group's model (defaults: the authors' code).
-
-    Parameters
-    ----------
-    max_steps : int (default: 10000)
-        Distillation steps (mini-batches) per group and round; also the cosine period.
-    lr : float (default: 1e-3)
-        Adam's learning rate.
-    batch_size : int (default: 128)
-        Proxy inputs per step.
-    temperature : float (default: 1.0)
-        ``T`` of the KL loss (scaled by ``T^2``).
-    eval_every : int (default: 100)
-        Steps between validation checks.
-    patience : int (default: 1000)
-        Stop after this many steps without a better validation score.
-    """
-
-    max_steps: int = 10_000
-    lr: float = 1e-3
-    batch_size: int = 128
-    temperature: float = 1.0
-    eval_every: int = 100
-    patience: int = 1000
-
-    def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "eval_every", "patience"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("lr", "temperature"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{key} must be positive and finite, got {value!r}")
 
 
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -73,10 +36,9 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np
 
 def kl_to_ensemble(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                    temperature: float) -> torch.Tensor:
-    """``T^2 KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
-    target = F.softmax(teacher_logits / temperature, dim=1)
-    log_student = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(log_student, target, reduction="batchmean") * temperature ** 2
+    """``T^2 KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch
+    (the clients' :func:`~flhet_strategies.kd_loss.kd_loss` toward the ensemble)."""
+    return kd_loss(student_logits, F.softmax(teacher_logits / temperature, dim=1), temperature)
 
 
 def _score(logits: np.ndarray, labels: np.ndarray | None, target: np.ndarray,

@@ -471,7 +471,7 @@ class FedDF(_FedDF, MessageStrategy):
         Proxy rows held out for the server's early stopping.
     **options
         ``validation_labels``, ``recipe`` (:class:`~flhet_strategies.algorithms.recipes.FedDFRecipe`),
-        ``distillation`` (:class:`~flhet_strategies.server_distillation.DistillSettings`),
+        ``distillation`` (:class:`~flhet_strategies.distill_settings.DistillSettings`),
         ``proxy_per_round`` (:class:`~flhet_strategies.algorithms.feddf.FedDFServer`) and
         the parameters of :class:`~flhet_strategies.faces.message.MessageStrategy`.
     """

@@ -29,6 +29,7 @@ from flhet_strategies.algorithms.recipes import (
     SharedHeadRecipe,
 )
 from flhet_strategies.algorithms.shared_head import HEAD_BOUND, LG_WEIGHTINGS
+from flhet_strategies.distill_settings import DistillSettings
 from flhet_strategies.privacy.dp.clipping import CLIP_MODES
 from flhet_strategies.privacy.dp.settings import DP_MODES
 from flhet_strategies.weighting.contribution.auto import ESTIMATOR_NAMES
@@ -163,7 +164,7 @@ class StrategyConfig:
     distill_steps, distill_lr, distill_batch_size, distill_temperature, distill_eval_every,
     distill_patience
         FedDF's server distillation
-        (:class:`~flhet_strategies.server_distillation.DistillSettings`; defaults: the
+        (:class:`~flhet_strategies.distill_settings.DistillSettings`; defaults: the
         authors' code). ``proxy_per_round`` is then the proxy rows distilled on per round
         (0: every row outside the validation slice).
     """
@@ -183,12 +184,12 @@ class StrategyConfig:
     server_epochs: int = TGP_SERVER_EPOCHS
     server_lr: float = TGP_SERVER_LR
     server_batch_size: int = TGP_SERVER_BATCH_SIZE
-    distill_steps: int = 10_000
-    distill_lr: float = 1e-3
-    distill_batch_size: int = 128
-    distill_temperature: float = 1.0
-    distill_eval_every: int = 100
-    distill_patience: int = 1000
+    distill_steps: int = DistillSettings.max_steps
+    distill_lr: float = DistillSettings.lr
+    distill_batch_size: int = DistillSettings.batch_size
+    distill_temperature: float = DistillSettings.temperature
+    distill_eval_every: int = DistillSettings.eval_every
+    distill_patience: int = DistillSettings.patience
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -224,10 +225,8 @@ class StrategyConfig:
         """The ``strategy`` entry of ``results.json``."""
         return f"{self.name}:{self.mode}" if self.name == "fedconsensus" else self.name
 
-    def distillation(self):
-        """FedDF's server distillation settings (a ``DistillSettings``; imports torch)."""
-        from flhet_strategies.server_distillation import DistillSettings
-
+    def distillation(self) -> DistillSettings:
+        """FedDF's server distillation settings."""
         return DistillSettings(self.distill_steps, self.distill_lr, self.distill_batch_size,
                                self.distill_temperature, self.distill_eval_every,
                                self.distill_patience)

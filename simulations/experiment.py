@@ -338,7 +338,7 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     elif s.name == "feddf":
         strategy_type = FedDF if message else FedDFCompat
         strategy = strategy_type(
-            group_constructors(cfg), split.proxy_x, split.num_classes,
+            group_constructors(cfg, split), split.proxy_x, split.num_classes,
             split.proxy_validation_indices, validation_labels=split.proxy_validation.y,
             recipe=recipe, distillation=s.distillation(),
             proxy_per_round=s.proxy_per_round or None, **face)
@@ -381,13 +381,11 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
     return strategy
 
 
-def group_constructors(cfg: ExperimentConfig) -> dict:
+def group_constructors(cfg: ExperimentConfig, split: FederatedSplit) -> dict:
     """FedDF's server models: one constructor per PyTorch architecture of the clients
     (``functools.partial`` of the zoo's ``build_model``: picklable for checkpoints)."""
-    split = build_split(cfg)
-    feature_dim = cfg.strategy.feature_dim if cfg.strategy.features else None
     return {g.architecture: partial(build_model, g.architecture, split.input_shape,
-                                    split.num_classes, feature_dim=feature_dim)
+                                    split.num_classes)
             for g in cfg.client_groups() if g.framework == "pytorch" and g.role != "free_rider"}
 
 

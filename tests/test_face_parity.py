@@ -38,7 +38,7 @@ from flhet_strategies.algorithms.recipes import (
 )
 from flhet_strategies.privacy.dp.settings import PrivateConsensus
 from flhet_strategies.privacy.paillier import KeyHolder
-from flhet_strategies.server_distillation import DistillSettings
+from flhet_strategies.distill_settings import DistillSettings
 from flhet_strategies.strategies import (
     FedConsensus,
     FedConsensusCompat,

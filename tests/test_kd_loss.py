@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clients.kd_loss import kd_loss
+from flhet_strategies.kd_loss import kd_loss
 
 
 def test_kd_loss_hand_computed_with_temperature_squared():

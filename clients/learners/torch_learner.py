@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..kd_loss import kd_loss
+from flhet_strategies.kd_loss import kd_loss
+
 from .base import AuxLoss, DistillTarget
 from .dpsgd import DPSGD, STATE_KEY, RecordPrivacy, make_private_compatible, sample_rate
 

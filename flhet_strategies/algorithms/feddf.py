@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import wire
+from ..aggregation.logit_consensus import softmax
 from ..aggregation.payload import (
     PayloadError,
     check_num_examples,
@@ -24,6 +25,7 @@ from ..aggregation.payload import (
     validated,
 )
 from ..protocol import Instruction, Outcome, Reply, ServerAlgorithm, mean_metrics
+from ..distill_settings import DistillSettings
 from .consensus import RoundPlan
 from .recipes import FedDFRecipe
 
@@ -78,7 +80,7 @@ class FedDFServer(ServerAlgorithm):
         The client recipe sent every round.
     distillation : DistillSettings, optional
         The server's optimiser, schedule and early stopping
-        (:class:`~flhet_strategies.server_distillation.DistillSettings`).
+        (:class:`~flhet_strategies.distill_settings.DistillSettings`).
     proxy_per_round : int, optional
         Distill on a fresh seeded subset of this many proxy rows per round (default:
         every row not held out).
@@ -93,8 +95,6 @@ class FedDFServer(ServerAlgorithm):
                  validation_labels: np.ndarray | None = None,
                  recipe: FedDFRecipe | None = None, distillation: Any = None,
                  proxy_per_round: int | None = None, seed: int = 0) -> None:
-        from ..server_distillation import DistillSettings
-
         if not isinstance(models, Mapping) or not models:
             raise ValueError("models must map at least one architecture name to a constructor")
         for arch, factory in models.items():
@@ -181,10 +181,8 @@ class FedDFServer(ServerAlgorithm):
             rows = self.round_indices(server_round)
             logits = np.mean([predict_logits(self.build(a), self.proxy_x[rows])
                               for a in sorted(self.groups)], axis=0)
-            z = logits / self.recipe.kd_temperature
-            probs = np.exp(z - z.max(axis=1, keepdims=True))
-            self._consensus = (server_round, rows,
-                               (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32))
+            self._consensus = (server_round, rows, softmax(
+                logits, self.recipe.kd_temperature, axis=1).astype(np.float32))
         return self._consensus[1], self._consensus[2]
 
     def _plan(self, server_round: int) -> dict[str, np.ndarray]:
