@@ -25,6 +25,7 @@ from .privacy.dp.budget import RoundBudget
 from .privacy.dp.mechanism import DifferentialPrivacy
 from .privacy.dp.settings import DpSettings, PrivateConsensus
 from .privacy.paillier.secure_sum import SecureSum
+from .privacy.paillier.threshold_keys import ThresholdCohort
 from .protocol import ServerAlgorithm
 from .weighting.base import WeightFn, sample_count_weights, uniform_weights
 
@@ -487,9 +488,10 @@ class _Secured:
 
     face_type: type = object
 
-    def __init__(self, strategy, public_key: PaillierPublicKey, *,
+    def __init__(self, strategy, public_key: PaillierPublicKey | ThresholdCohort, *,
                  max_examples: int | None = None, probability_bits: int | None = None,
-                 vote_bits: int = 16, decryption: str = "delegate") -> None:
+                 vote_bits: int = 16, decryption: str | None = None,
+                 decryptors: int | None = None) -> None:
         if not isinstance(strategy, self.face_type):
             message = self.face_type is MessageStrategy
             examples = "FedConsensus, FedProto" if message else \
@@ -500,7 +502,8 @@ class _Secured:
                             f"API use {other}")
         self.init_face(SecureSum(strategy.algorithm, public_key, max_examples=max_examples,
                                  bits=probability_bits, vote_bits=vote_bits,
-                                 decryption=decryption), **strategy.face_settings())
+                                 decryption=decryption, decryptors=decryptors),
+                       **strategy.face_settings())
 
 
 class SecureConsensus(_Secured, MessageStrategy):
@@ -515,8 +518,9 @@ class SecureConsensus(_Secured, MessageStrategy):
     ----------
     strategy : MessageStrategy
         The plaintext strategy to secure (e.g. ``FedConsensus(...)``).
-    public_key : phe.PaillierPublicKey
-        The key dealer's public key (at least 2048 bits); a private key is refused.
+    public_key : phe.PaillierPublicKey or ThresholdCohort
+        The key dealer's public key (at least 2048 bits; a private key is refused), or a
+        threshold key's public side (``load_threshold_cohort``).
     max_examples : int, optional
         Public bound on any client's number of training examples (bounds the weights).
     probability_bits : int, optional
@@ -524,9 +528,13 @@ class SecureConsensus(_Secured, MessageStrategy):
         probability within ``1 / (2 (2**bits - 1))``; 16 for prototypes).
     vote_bits : int (default: 16)
         Most bits of an integer weight.
-    decryption : str (default: "delegate")
-        ``"delegate"`` (one client per round decrypts and seals the sum for the cohort)
-        or ``"every_client"``.
+    decryption : str, optional
+        ``"delegate"`` (the default with a single key: one client per round decrypts and
+        seals the sum for the cohort), ``"every_client"``, or ``"threshold"`` (the only
+        mode of a threshold key: ``t`` clients' partial decryptions, sealed for the
+        cohort; no client can decrypt alone).
+    decryptors : int, optional
+        Threshold mode: clients asked for a partial decryption each round (default t + 1).
     """
 
     face_type = MessageStrategy

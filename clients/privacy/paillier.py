@@ -25,11 +25,15 @@ from flhet_strategies.privacy.paillier import KeyHolder, SecureSumError
 from flhet_strategies.privacy.paillier.client_cache import check_worker_counts, resolve_key_holder
 from flhet_strategies.privacy.paillier.spec import SecureSumSpec
 from flhet_strategies.privacy.paillier.sum_client import SumClient, finish_relayed
+from flhet_strategies.privacy.paillier.threshold_client import ThresholdSumClient
+from flhet_strategies.privacy.paillier.threshold_keys import ThresholdHolder
 from flhet_strategies.protocol import Instruction, Reply
 
 from .step import ClientStep, StepEnv, StepRefusal
 
 _RELAYED = (wire.ENCRYPTED_SUM, wire.SEALED_SUM)
+_RELAYED_PREFIXES = (wire.SUM_CONTEXT_PREFIX, wire.SEALED_PARTIAL_PREFIX,
+                     wire.SIGNED_SHARE_PREFIX, wire.SHARE_SIGNATURE_PREFIX)
 
 
 class PaillierSettings:
@@ -38,10 +42,11 @@ class PaillierSettings:
     Parameters
     ----------
     key_path : str or Path, optional
-        The private key file (from a key dealer). If omitted, the node config entry
-        ``node_config_key`` names it (a SuperNode's own ``--node-config``), else the run
-        config entry of the same name.
-    key_holder : KeyHolder, optional
+        The private key file (from a key dealer), or this client's threshold share file,
+        or a folder of share files (the node's own is picked by its ``partition-id``).
+        If omitted, the node config entry ``node_config_key`` names it (a SuperNode's own
+        ``--node-config``), else the run config entry of the same name.
+    key_holder : KeyHolder or ThresholdHolder, optional
         The key itself instead of a file.
     node_config_key : str (default: "paillier-key-path")
         Config key of the key file path.
@@ -74,8 +79,9 @@ class PaillierSettings:
                  require_secure: bool = True, plaintext_phases: Collection[str] = ()) -> None:
         if key_path is not None and key_holder is not None:
             raise ValueError("give key_path or key_holder, not both")
-        if key_holder is not None and not isinstance(key_holder, KeyHolder):
-            raise TypeError(f"key_holder must be a KeyHolder, got {type(key_holder).__name__}")
+        if key_holder is not None and not isinstance(key_holder, (KeyHolder, ThresholdHolder)):
+            raise TypeError(f"key_holder must be a KeyHolder or ThresholdHolder, got "
+                            f"{type(key_holder).__name__}")
         check_worker_counts(workers, decrypt_workers)
         if isinstance(plaintext_phases, str):
             raise TypeError("plaintext_phases must be a collection of phase names, not a str")
@@ -97,7 +103,7 @@ class PaillierSettings:
         """Whether a message of ``phase`` that asks for no secure sum may go in clear."""
         return not self.require_secure or phase in self.plaintext_phases
 
-    def holder(self, env: StepEnv) -> KeyHolder:
+    def holder(self, env: StepEnv) -> KeyHolder | ThresholdHolder:
         """The private key: ``key_holder``, else ``key_path``, else the file a config names.
 
         Raises
@@ -111,21 +117,22 @@ class PaillierSettings:
                                   self.node_config_key, type(self).__name__)
 
     def sum_client(self, env: StepEnv) -> SumClient:
-        """This node's :class:`SumClient` (key and randomness pool cached per process)."""
-        return SumClient(self.holder(env), workers=self.workers,
-                         decrypt_workers=self.decrypt_workers,
-                         short_exponent=self.short_exponent)
+        """This node's :class:`SumClient` (a :class:`ThresholdSumClient` for a key share;
+        key and randomness pool cached per process)."""
+        holder = self.holder(env)
+        kind = ThresholdSumClient if isinstance(holder, ThresholdHolder) else SumClient
+        return kind(holder, workers=self.workers, decrypt_workers=self.decrypt_workers,
+                    short_exponent=self.short_exponent)
 
 
-def _context(instruction: Instruction) -> dict[str, np.ndarray]:
-    prefix = wire.SUM_CONTEXT_PREFIX
+def _prefixed(instruction: Instruction, prefix: str) -> dict[str, np.ndarray]:
     return {name[len(prefix):]: value for name, value in instruction.arrays.items()
             if name.startswith(prefix)}
 
 
 def _without_relayed(instruction: Instruction) -> Instruction:
     arrays = {name: value for name, value in instruction.arrays.items()
-              if name not in _RELAYED and not name.startswith(wire.SUM_CONTEXT_PREFIX)}
+              if name not in _RELAYED and not name.startswith(_RELAYED_PREFIXES)}
     return Instruction(arrays, dict(instruction.config))
 
 
@@ -183,14 +190,18 @@ class PaillierStep(PaillierSettings, ClientStep):
         if spec is None:
             return reply
         values, weights = self._contribution(spec, reply)
-        share = self.sum_client(env).encrypt(spec, values, weights)
+        client = self.sum_client(env)
+        share = client.encrypt(spec, values, weights)
+        arrays = {wire.ENCRYPTED_SHARE: share.payload}
+        if isinstance(client, ThresholdSumClient):
+            arrays[wire.SHARE_SIGNATURE] = client.sign(instruction.server_round, reply.client_id,
+                                                       share.payload)
         metrics = {**reply.metrics, wire.CLIPPED_METRIC: float(share.num_clipped)}
         if "failure" in memo:
             metrics[wire.DECRYPT_FAILED_METRIC] = 1.0
         log(INFO, "PaillierStep: encrypted %s values into %s ciphertexts in %.2f s",
             spec.num_values, share.num_ciphertexts, share.seconds)
-        return Reply(reply.client_id, {wire.ENCRYPTED_SHARE: share.payload}, metrics,
-                     reply.node_id)
+        return Reply(reply.client_id, arrays, metrics, reply.node_id)
 
     # ------------------------------------------------------------------ helpers
 
@@ -200,10 +211,17 @@ class PaillierStep(PaillierSettings, ClientStep):
         if wire.RELAYED_SPEC not in instruction.config:
             raise ValueError(f"a relayed sum arrived without '{wire.RELAYED_SPEC}'")
         spec = SecureSumSpec.from_json(str(instruction.config[wire.RELAYED_SPEC]))
-        context = _context(instruction)
+        context = _prefixed(instruction, wire.SUM_CONTEXT_PREFIX)
         if wire.SEALED_SUM in instruction.arrays:
             return (client.open_seal(spec, instruction.arrays[wire.SEALED_SUM], context),
                     "opened the sealed sum")
+        if isinstance(client, ThresholdSumClient):
+            partials = _prefixed(instruction, wire.SEALED_PARTIAL_PREFIX)
+            sums = client.combine(spec, instruction.arrays[wire.ENCRYPTED_SUM],
+                                  [partials[k] for k in sorted(partials, key=int)])
+            return (finish_relayed(spec, sums, context),
+                    f"combined {client.holder.cohort.threshold} partial decryptions of the "
+                    f"sum of {sums.count} clients")
         sums = client.decrypt(spec, instruction.arrays[wire.ENCRYPTED_SUM])
         return finish_relayed(spec, sums, context), f"decrypted the sum of {sums.count} clients"
 
@@ -211,10 +229,13 @@ class PaillierStep(PaillierSettings, ClientStep):
         start = time.perf_counter()
         try:
             client = self.sum_client(env)
+            spec = SecureSumSpec.from_json(str(instruction.config[wire.RELAYED_SPEC]))
+            if isinstance(client, ThresholdSumClient):
+                self._answer_threshold(instruction, reply, client, spec, start)
+                return
             if wire.ENCRYPTED_SUM not in instruction.arrays:
                 raise ValueError("the decryption request holds no encrypted sum")
-            spec = SecureSumSpec.from_json(str(instruction.config[wire.RELAYED_SPEC]))
-            context = _context(instruction)
+            context = _prefixed(instruction, wire.SUM_CONTEXT_PREFIX)
             sums = client.decrypt(spec, instruction.arrays[wire.ENCRYPTED_SUM])
             reply.arrays[wire.SEALED_REPLY] = client.seal(
                 spec, finish_relayed(spec, sums, context), context)
@@ -224,6 +245,17 @@ class PaillierStep(PaillierSettings, ClientStep):
             return
         log(INFO, "PaillierStep: decrypted and sealed the sum of %s clients for the cohort in "
             "%.2f s", sums.count, time.perf_counter() - start)
+
+    @staticmethod
+    def _answer_threshold(instruction: Instruction, reply: Reply, client: ThresholdSumClient,
+                          spec: SecureSumSpec, start: float) -> None:
+        shares = _prefixed(instruction, wire.SIGNED_SHARE_PREFIX)
+        signatures = _prefixed(instruction, wire.SHARE_SIGNATURE_PREFIX)
+        signed = {cid: (share, signatures.get(cid)) for cid, share in shares.items()}
+        sealed, count = client.partial_for_cohort(spec, instruction.server_round, signed)
+        reply.arrays[wire.SEALED_PARTIAL] = sealed
+        log(INFO, "PaillierStep: partially decrypted the sum of %s signed shares for the "
+            "cohort in %.2f s", count, time.perf_counter() - start)
 
     @staticmethod
     def _contribution(spec: SecureSumSpec, reply: Reply) -> tuple[dict, dict]:

@@ -35,6 +35,14 @@ from .layout import SecureSumLayout
 from .packing import SlotPacking
 from .sealing import GroupSeal
 from .short_exponent import ShortExponentObfuscators
+from .threshold_keys import (
+    ThresholdCohort,
+    ThresholdHolder,
+    ThresholdKeyFiles,
+    deal_threshold_keys,
+    load_threshold_cohort,
+    load_threshold_holder,
+)
 
 __all__ = [
     "MIN_KEY_BITS",
@@ -55,12 +63,18 @@ __all__ = [
     "ShortExponentObfuscators",
     "SlotPacking",
     "StandardObfuscators",
+    "ThresholdCohort",
+    "ThresholdHolder",
+    "ThresholdKeyFiles",
     "compute_obfuscators",
     "deal_keys",
+    "deal_threshold_keys",
     "encrypt_plaintexts",
     "key_fingerprint",
     "load_key_holder",
     "load_public_key",
+    "load_threshold_cohort",
+    "load_threshold_holder",
     "public_key_from_bytes",
     "public_key_to_bytes",
     "save_key_holder",

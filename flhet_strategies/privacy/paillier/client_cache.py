@@ -14,18 +14,22 @@ from .encrypt import RandomnessPool
 from .key_files import load_key_holder
 from .keys import KeyHolder
 from .short_exponent import ShortExponentObfuscators
+from .threshold_keys import SHARE_FILE, SHARE_FORMAT, ThresholdHolder, load_threshold_holder
 
-_KEY_HOLDERS: dict[str, tuple[float, KeyHolder]] = {}
+_KEY_HOLDERS: dict[str, tuple[float, KeyHolder | ThresholdHolder]] = {}
 _POOLS: dict[tuple[bytes, bool, int], RandomnessPool] = {}
+_DECRYPTED: dict[tuple[bytes, int, int], bytes] = {}
+"""(key, share index, round) -> digest of the one sum this process partially decrypted."""
 
 
-def cached_key_holder(path: str | Path) -> KeyHolder:
-    """The key holder of a private key file, loaded once per process (reloaded if it changed).
+def cached_key_holder(path: str | Path) -> KeyHolder | ThresholdHolder:
+    """The key in a key file, loaded once per process (reloaded if it changed).
 
     Parameters
     ----------
     path : str or Path
-        A key dealer's private key file (see :func:`.deal_keys`).
+        A key dealer's private key file (:func:`.deal_keys`) or one client's share file
+        (:func:`.deal_threshold_keys`).
 
     Raises
     ------
@@ -36,19 +40,35 @@ def cached_key_holder(path: str | Path) -> KeyHolder:
     mtime = Path(resolved).stat().st_mtime if Path(resolved).exists() else -1.0
     cached = _KEY_HOLDERS.get(resolved)
     if cached is None or cached[0] != mtime:
-        cached = (mtime, load_key_holder(resolved))
+        cached = (mtime, _load_key(resolved))
         _KEY_HOLDERS[resolved] = cached
     return cached[1]
 
 
+def _load_key(path: str) -> KeyHolder | ThresholdHolder:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        head = b""
+    if SHARE_FORMAT.encode() in head:
+        return load_threshold_holder(path)
+    return load_key_holder(path)
+
+
 def resolve_key_holder(key_path: str | Path | None, node_config: Mapping,
-                       run_config: Mapping, config_key: str, owner: str) -> KeyHolder:
-    """The key holder of ``key_path``, else of the file the node (or run) config names.
+                       run_config: Mapping, config_key: str,
+                       owner: str) -> KeyHolder | ThresholdHolder:
+    """The key of ``key_path``, else of the file the node (or run) config names.
+
+    A folder of threshold share files (:func:`.deal_threshold_keys`) resolves to this
+    node's own file through the node config's ``partition-id`` (the simulation's);
+    on a SuperNode, name the node's own share file instead.
 
     Parameters
     ----------
     key_path : str or Path, optional
-        An explicit private key file.
+        An explicit key file (or a folder of share files).
     node_config, run_config : Mapping
         A Flower context's node config (a SuperNode's own ``--node-config``) and run
         config, searched in that order for ``config_key``.
@@ -60,17 +80,23 @@ def resolve_key_holder(key_path: str | Path | None, node_config: Mapping,
     Raises
     ------
     ValueError
-        If no key file is named anywhere.
+        If no key file is named anywhere, or a folder is named without a partition id.
     """
     path = key_path or node_config.get(config_key) or run_config.get(config_key)
     if not path:
         raise ValueError(
             f"no Paillier private key: give {owner} a key_path or set the node config (or "
             f"run config) '{config_key}'")
+    if Path(str(path)).is_dir():
+        if "partition-id" not in node_config:
+            raise ValueError(f"{owner}: {path} is a folder of threshold key shares, but the node "
+                             "config has no partition-id to pick this node's share; name the "
+                             "node's own share file instead")
+        path = Path(str(path)) / SHARE_FILE.format(client_id=node_config["partition-id"])
     return cached_key_holder(path)
 
 
-def shared_randomness_pool(holder: KeyHolder, short_exponent: bool, workers: int) -> RandomnessPool:
+def shared_randomness_pool(holder: KeyHolder | ThresholdHolder, short_exponent: bool, workers: int) -> RandomnessPool:
     """This process's randomness pool for ``holder``'s key (made on first use).
 
     Parameters
@@ -131,16 +157,25 @@ def check_worker_counts(workers: object, decrypt_workers: object = None) -> None
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def claim_decryption(holder: ThresholdHolder, server_round: int, digest: bytes) -> bool:
+    """Record that ``holder`` partially decrypts the sum ``digest`` of ``server_round``;
+    False if this process already decrypted another sum of that round with that share."""
+    key = (holder.fingerprint, holder.index, int(server_round))
+    return _DECRYPTED.setdefault(key, digest) == digest
+
+
 def clear_client_caches() -> None:
-    """Forget cached keys and stop the randomness threads of this process."""
+    """Forget cached keys and decryptions; stop the randomness threads of this process."""
     for pool in _POOLS.values():
         pool.close()
     _POOLS.clear()
     _KEY_HOLDERS.clear()
+    _DECRYPTED.clear()
 
 
 __all__ = [
     "cached_key_holder",
+    "claim_decryption",
     "check_key_fingerprint",
     "check_worker_counts",
     "clear_client_caches",

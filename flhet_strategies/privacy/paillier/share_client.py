@@ -23,6 +23,7 @@ from .codec import SecureSumCodec
 from .encrypt import available_cores
 from .encrypted_vector import EncryptedVector
 from .keys import KeyHolder
+from .threshold_keys import ThresholdHolder
 
 _POOL_LOCK = threading.Lock()
 """The shared randomness pools are not thread-safe; clients served by threads of one
@@ -34,8 +35,9 @@ class ShareClient:
 
     Parameters
     ----------
-    holder : KeyHolder
-        The Paillier private key (from a key dealer's file), never the server's.
+    holder : KeyHolder or ThresholdHolder
+        The Paillier private key, or a threshold key share (from a key dealer's file),
+        never the server's.
     workers : int (default: 1)
         Threads computing Paillier randomness in the background (the pool is shared
         per process and key, see :mod:`.client_cache`).
@@ -47,15 +49,16 @@ class ShareClient:
     Raises
     ------
     TypeError
-        If ``holder`` is not a :class:`KeyHolder`.
+        If ``holder`` is neither a :class:`KeyHolder` nor a :class:`.ThresholdHolder`.
     ValueError
         If a thread count is not a positive int.
     """
 
-    def __init__(self, holder: KeyHolder, *, workers: int = 1, decrypt_workers: int | None = None,
-                 short_exponent: bool = True) -> None:
-        if not isinstance(holder, KeyHolder):
-            raise TypeError(f"holder must be a KeyHolder, got {type(holder).__name__}")
+    def __init__(self, holder: KeyHolder | ThresholdHolder, *, workers: int = 1,
+                 decrypt_workers: int | None = None, short_exponent: bool = True) -> None:
+        if not isinstance(holder, (KeyHolder, ThresholdHolder)):
+            raise TypeError(f"holder must be a KeyHolder or ThresholdHolder, got "
+                            f"{type(holder).__name__}")
         check_worker_counts(workers, decrypt_workers)
         self.holder = holder
         self.decrypt_workers = decrypt_workers or available_cores()

@@ -12,6 +12,7 @@ import hashlib
 import math
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gmpy2
@@ -200,15 +201,18 @@ class KeyShare:
         return (f"KeyShare(index={self.index}, t={self.public.threshold}, "
                 f"n={self.public.num_shares}, bits={self.public.n.bit_length()})")
 
-    def partial_decrypt(self, ciphertexts: Sequence[int]) -> PartialDecryption:
-        """This holder's partial decryption of ``ciphertexts``, with its proof."""
+    def partial_decrypt(self, ciphertexts: Sequence[int], workers: int = 1) -> PartialDecryption:
+        """This holder's partial decryption of ``ciphertexts``, with its proof.
+
+        ``workers`` threads share the exponentiations (gmpy2 releases the GIL in them).
+        """
         pub = self.public
         n2 = pub.nsquare
         cts = [gmpy2.mpz(c) for c in ciphertexts]
         if any(not 0 < c < n2 for c in cts):
             raise MalformedPayloadError("a ciphertext is outside (0, N^2)")
         exponent = 2 * pub.delta * self._secret
-        values = tuple(int(gmpy2.powmod(c, exponent, n2)) for c in cts)
+        values = tuple(_powmod_all(cts, exponent, n2, workers))
         partial = PartialDecryption(self.index, values, 0, 0)
         base, image = _batch(pub, cts, partial)
         r = gmpy2.mpz(secrets.randbits(_response_width(pub) * 8 - 8))
@@ -262,6 +266,21 @@ def deal_threshold_key(num_shares: int, threshold: int, n_length: int = MIN_KEY_
     public = ThresholdPublicKey(int(n), int(threshold), int(num_shares), int(v),
                                 tuple(int(gmpy2.powmod(v, delta * s, n2)) for s in shares))
     return public, [KeyShare(i + 1, int(s), public) for i, s in enumerate(shares)]
+
+
+def _powmod_all(bases: list, exponent, modulus, workers: int) -> list[int]:
+    """``[b^exponent mod modulus]``, in ``workers`` threads when there are several."""
+    if workers <= 1 or len(bases) < 2:
+        return [int(gmpy2.powmod(b, exponent, modulus)) for b in bases]
+
+    def chunk(part: list) -> list[int]:
+        gmpy2.get_context().allow_release_gil = True   # this worker thread's context
+        return [int(gmpy2.powmod(b, exponent, modulus)) for b in part]
+
+    size = -(-len(bases) // workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = pool.map(chunk, [bases[i:i + size] for i in range(0, len(bases), size)])
+    return [value for part in parts for value in part]
 
 
 def _poly(coefficients: list, x: int, modulus) -> gmpy2.mpz:
