@@ -32,6 +32,7 @@ from flhet_strategies.algorithms.shared_head import HEAD_BOUND, LG_WEIGHTINGS
 from flhet_strategies.distill_settings import DistillSettings
 from flhet_strategies.privacy.dp.clipping import CLIP_MODES
 from flhet_strategies.privacy.dp.settings import DP_MODES
+from flhet_strategies.privacy.paillier.secure_sum import DECRYPTION_MODES
 from flhet_strategies.weighting.contribution.auto import ESTIMATOR_NAMES
 
 from .data.partitioning import PartitionerSpec
@@ -493,7 +494,13 @@ class PaillierConfig:
         largest client training set of the split.
     decryption : str
         ``"delegate"`` (one client per round decrypts the sum and relays it sealed to
-        the others) or ``"every_client"``.
+        the others), ``"every_client"``, or ``"threshold"`` (a ``t``-of-``n`` key: no
+        client holds the private key; ``t`` partial decryptions are combined).
+    threshold : int, optional
+        Threshold mode: ``t`` (default ``num_clients // 2 + 1``).
+    decryptors : int, optional
+        Threshold mode: clients asked for a partial decryption each round (default
+        ``t + 1``).
     workers : int
         Threads computing Paillier randomness in each client's mod.
     plaintext_baseline : bool
@@ -506,6 +513,8 @@ class PaillierConfig:
     key_bits: int = 2048
     max_examples: int | None = None
     decryption: str = "delegate"
+    threshold: int | None = None
+    decryptors: int | None = None
     workers: int = 1
     plaintext_baseline: bool = True
 
@@ -514,9 +523,14 @@ class PaillierConfig:
             raise ValueError(f"key_bits must be at least 2048, got {self.key_bits}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"max_examples must be positive, got {self.max_examples}")
-        if self.decryption not in ("delegate", "every_client"):
-            raise ValueError(f'decryption must be "delegate" or "every_client", '
+        if self.decryption not in DECRYPTION_MODES:
+            raise ValueError(f"decryption must be one of {DECRYPTION_MODES}, "
                              f"got {self.decryption!r}")
+        for name in ("threshold", "decryptors"):
+            value = getattr(self, name)
+            if value is not None and (self.decryption != "threshold" or value < 1):
+                raise ValueError(f'{name} is a positive int of decryption = "threshold", got '
+                                 f"{value!r} with decryption = {self.decryption!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
@@ -703,6 +717,10 @@ class ExperimentConfig:
         if not (self.dp.client_level or self.paillier.enabled):
             return
         what = "[dp]" if self.dp.client_level else "[paillier]"
+        threshold = self.paillier.threshold
+        if self.paillier.enabled and threshold is not None and threshold > self.data.num_clients:
+            raise ConfigError(f"[paillier] threshold = {threshold} exceeds the "
+                              f"{self.data.num_clients} clients who hold key shares")
         if self.dp.client_level and self.paillier.enabled and self.dp.mode != "distributed":
             raise ConfigError(
                 f'[dp] mode = "{self.dp.mode}" cannot be combined with [paillier]: central DP '

@@ -51,6 +51,11 @@ from flhet_strategies.privacy.paillier.key_files import (
 )
 from flhet_strategies.privacy.paillier.keys import key_fingerprint
 from flhet_strategies.privacy.paillier.secure_sum import SecureSum
+from flhet_strategies.privacy.paillier.threshold_keys import (
+    PUBLIC_FILE as THRESHOLD_PUBLIC_FILE,
+    deal_threshold_keys,
+    load_threshold_cohort,
+)
 from flhet_strategies.protocol import find_wrapper, unwrap
 from flhet_strategies.strategies import (
     FedConsensus,
@@ -263,10 +268,27 @@ def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path) -> KeyFiles:
     ``<out_dir>/paillier_keys``); existing files there are reused.
     """
     key_dir = Path(cfg.paillier.key_dir or Path(out_dir) / "paillier_keys")
+    if cfg.paillier.decryption == "threshold":
+        return threshold_key_files(cfg, key_dir)
     private, public = key_dir / PRIVATE_KEY_FILE, key_dir / PUBLIC_KEY_FILE
     if private.is_file() and public.is_file():
         return KeyFiles(private, public, key_fingerprint(load_public_key(public)).hex())
     return deal_keys(key_dir, cfg.paillier.key_bits)
+
+
+def threshold_key_files(cfg: ExperimentConfig, key_dir: Path) -> KeyFiles:
+    """A threshold cohort's files for the config's clients (ids ``0..n-1``), dealt if the
+    folder holds none for this roster and ``t``. ``private_path`` is the folder: each
+    client's mod picks its own share file by its ``partition-id``."""
+    ids = [str(c) for c in range(cfg.data.num_clients)]
+    t = cfg.paillier.threshold or len(ids) // 2 + 1
+    public = key_dir / THRESHOLD_PUBLIC_FILE
+    if public.is_file():
+        cohort = load_threshold_cohort(public)
+        if sorted(cohort.roster) == sorted(ids) and cohort.threshold == t:
+            return KeyFiles(key_dir, public, cohort.fingerprint.hex())
+    files = deal_threshold_keys(key_dir, ids, t, n_length=cfg.paillier.key_bits)
+    return KeyFiles(key_dir, files.public_path, files.fingerprint)
 
 
 _LOCAL_ONLY = {DistillationRecipe: {"kd_weight": 0.0}, PrototypeRecipe: {"proto_weight": 0.0},
@@ -376,8 +398,11 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
             raise ValueError("[paillier] enabled: build_strategy needs the dealt key_files")
         max_examples = cfg.paillier.max_examples or max(len(c.train) for c in split.clients)
         wrapper = SecureConsensus if message else SecureConsensusCompat
-        strategy = wrapper(strategy, load_public_key(key_files.public_path),
-                           max_examples=max_examples, decryption=cfg.paillier.decryption)
+        threshold = cfg.paillier.decryption == "threshold"
+        key = (load_threshold_cohort if threshold else load_public_key)(key_files.public_path)
+        strategy = wrapper(strategy, key, max_examples=max_examples,
+                           decryption=cfg.paillier.decryption,
+                           decryptors=cfg.paillier.decryptors)
     return strategy
 
 

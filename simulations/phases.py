@@ -140,6 +140,7 @@ def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object,
         sections["paillier"] = paillier_section(
             key_files, main.history, main_seconds,
             None if plain is None else plain.history, plain_seconds)
+        sections["paillier"]["decryption"] = cfg.paillier.decryption
     if UNADAPTED_PHASE in finished:
         sections["adaptive"] = adaptive_section(cfg, main, finished[UNADAPTED_PHASE][0])
     if cfg.robust.enabled:

@@ -20,8 +20,9 @@ PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "released_rows",
                 "epsilon_mean", "epsilon_max", "epsilon_per_client", "record_delta")
 """History keys of a round under DP: a released private consensus (client level), or the
 clients' DP-SGD epsilon (record level)."""
-REPORT_KEYS = ("feddf",)
-"""History keys of a server half's per-round report (FedDF: its groups' distillation)."""
+REPORT_KEYS = ("feddf", "sum_decryption")
+"""History keys of a server half's per-round report (FedDF: its groups' distillation;
+Paillier: who decrypted the sum the round's clients received)."""
 
 
 def _client_table(cfg: ExperimentConfig) -> list[dict]:

@@ -111,6 +111,26 @@ def test_paillier_run_carries_its_plaintext_baseline(tmp_path, api):
     assert state.files == []
 
 
+@pytest.mark.parametrize("api", ["message", "compat"])
+def test_threshold_paillier_run_decrypts_with_t_of_n_key_shares(tmp_path, api):
+    """No client holds the private key: 3 of the 4 clients' partials decrypt each sum."""
+    cfg = _config(num_rounds=2, strategy={"proxy_per_round": 40}, api=api,
+                  paillier={"enabled": True, "key_dir": str(tmp_path / "keys"),
+                            "decryption": "threshold"})
+    results = run_experiment(cfg, tmp_path / "out")
+    history = results["history"]
+    assert [h["num_failures"] for h in history] == [0, 0]
+    assert [h.get("sum_decryption") for h in history] == [None, "threshold"]
+    keys = sorted(p.name for p in (tmp_path / "keys").iterdir())
+    assert keys == ["paillier_share_0.json", "paillier_share_1.json", "paillier_share_2.json",
+                    "paillier_share_3.json", "paillier_threshold_public.json"]
+    plaintext = results["baselines"]["plaintext"]   # decrypted sums reached the clients
+    assert abs(results["final"]["global_accuracy_mean"]
+               - plaintext["global_accuracy_mean"]) <= 0.03
+    assert results["paillier"]["decryption"] == "threshold"
+    assert np.load(tmp_path / "out" / "server_state.npz").files == []
+
+
 @pytest.mark.parametrize("changes, match", [
     ({"dp": {"enabled": True, "target_epsilon": 8.0}, "strategy": {"class_vote_weighting": True}},
      "class_vote_weighting"),
@@ -120,6 +140,9 @@ def test_paillier_run_carries_its_plaintext_baseline(tmp_path, api):
     ({"dp": {"enabled": True, "noise_multiplier": 1.0, "mode": "central"}, "api": "message",
       "paillier": {"enabled": True}}, "central DP needs the server"),
     ({"paillier": {"enabled": True, "key_bits": 1024}}, "2048"),
+    ({"paillier": {"enabled": True, "decryption": "threshold", "threshold": 5}},
+     "threshold = 5 exceeds the 4 clients"),
+    ({"paillier": {"enabled": True, "threshold": 3}}, 'decryption = "threshold"'),
     ({"dp": {"enabled": True, "noise_multiplier": 1.0},
       "contribution": {"enabled": True}}, "contribution"),
 ])

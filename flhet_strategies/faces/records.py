@@ -122,11 +122,14 @@ def reply_to_compat(reply: Reply) -> tuple[list[np.ndarray], dict]:
 
 def reply_from_compat(arrays: Sequence[np.ndarray], num_examples: int, metrics: Mapping,
                       default_names: Sequence[str] = ()) -> Reply:
-    """A compat fit reply as a :class:`Reply` (client id left empty).
+    """A compat fit reply as a :class:`Reply` (client id: its ``client-id`` metric, else
+    empty).
 
     The metric ``flhet-arrays`` names the arrays; without it ``default_names`` do
     (clients that predate names), if their number matches, else ``array_0``, ....
     """
+    from .driver import client_id_of
+
     metrics = dict(metrics)
     names = wire.split_names(metrics.pop(wire.ARRAY_NAMES, "")) if wire.ARRAY_NAMES in metrics \
         else None
@@ -134,7 +137,7 @@ def reply_from_compat(arrays: Sequence[np.ndarray], num_examples: int, metrics: 
         names = list(default_names) if len(default_names) == len(arrays) else \
             [f"array_{i}" for i in range(len(arrays))]
     metrics[wire.NUM_EXAMPLES] = num_examples
-    return Reply("", dict(zip(names, arrays)), metrics)
+    return Reply(client_id_of(metrics, ""), dict(zip(names, arrays)), metrics)
 
 
 def evaluate_metrics_with_arrays(metrics: Mapping, arrays: Mapping[str, np.ndarray]) -> dict:

@@ -35,7 +35,8 @@ class KeyFiles:
     Parameters
     ----------
     private_path : Path
-        The private key file, for the clients only.
+        The private key file, for the clients only (for a threshold key, the folder of
+        the clients' share files: each client gets its own).
     public_path : Path
         The public key file, for the server (and the clients).
     fingerprint : str
