@@ -260,30 +260,34 @@ def dp_strategy_options(cfg: ExperimentConfig) -> dict:
     return {"privacy": privacy, "privacy_budget": budget}
 
 
-def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path) -> KeyFiles:
+def paillier_key_files(cfg: ExperimentConfig, out_dir: str | Path, *,
+                       resume: bool = False) -> KeyFiles:
     """The Paillier key pair of a ``[paillier]`` experiment, dealt if not there yet.
 
     The key dealer (this function, outside the server) writes the private key for the
     clients and the public key for the server into ``paillier.key_dir`` (default:
-    ``<out_dir>/paillier_keys``); existing files there are reused.
+    ``<out_dir>/paillier_keys``); existing files there are reused, except that a new
+    (not resumed) threshold run in the default folder gets a fresh key: its decryptors
+    decrypt one sum per round and key (:func:`threshold_key_files`).
     """
     key_dir = Path(cfg.paillier.key_dir or Path(out_dir) / "paillier_keys")
     if cfg.paillier.decryption == "threshold":
-        return threshold_key_files(cfg, key_dir)
+        return threshold_key_files(cfg, key_dir, reuse=resume or bool(cfg.paillier.key_dir))
     private, public = key_dir / PRIVATE_KEY_FILE, key_dir / PUBLIC_KEY_FILE
     if private.is_file() and public.is_file():
         return KeyFiles(private, public, key_fingerprint(load_public_key(public)).hex())
     return deal_keys(key_dir, cfg.paillier.key_bits)
 
 
-def threshold_key_files(cfg: ExperimentConfig, key_dir: Path) -> KeyFiles:
-    """A threshold cohort's files for the config's clients (ids ``0..n-1``), dealt if the
-    folder holds none for this roster and ``t``. ``private_path`` is the folder: each
-    client's mod picks its own share file by its ``partition-id``."""
+def threshold_key_files(cfg: ExperimentConfig, key_dir: Path, reuse: bool = True) -> KeyFiles:
+    """A threshold cohort's files for the config's clients (ids ``0..n-1``): reused (with
+    ``reuse``) if the folder holds them for this roster and ``t``, else dealt.
+    ``private_path`` is the folder: each client's mod picks its own share file by its
+    ``partition-id``."""
     ids = [str(c) for c in range(cfg.data.num_clients)]
     t = cfg.paillier.threshold or len(ids) // 2 + 1
     public = key_dir / THRESHOLD_PUBLIC_FILE
-    if public.is_file():
+    if reuse and public.is_file():
         cohort = load_threshold_cohort(public)
         if sorted(cohort.roster) == sorted(ids) and cohort.threshold == t:
             return KeyFiles(key_dir, public, cohort.fingerprint.hex())

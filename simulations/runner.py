@@ -165,7 +165,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
              len(split.proxy_x), len(split.global_test))
     ckpt = out / CHECKPOINT_DIR
     done = _open_checkpoint(cfg, ckpt, resume)
-    key_files = paillier_key_files(cfg, out) if cfg.paillier.enabled else None
+    key_files = paillier_key_files(cfg, out, resume=resume) if cfg.paillier.enabled else None
     t0 = time.perf_counter() - sum(done.values())   # wall time includes earlier processes
     finished = {name: (FinishedRun(RoundDriver.resume(ckpt / f"{name}.pkl")), seconds)
                 for name, seconds in done.items()}

@@ -66,11 +66,17 @@ T = 3
 
 
 @pytest.fixture(autouse=True)
-def fresh_process_caches():
-    """Each test is a new run: forget which sums this process decrypted (and keys, pools)."""
-    clear_client_caches()
+def fresh_run(files):
+    """Each test is a new run under the module's key: forget which sums were decrypted
+    (this process's memory and the share files' decryption logs)."""
+    def forget():
+        clear_client_caches()
+        for log_file in files.public_path.parent.glob("*.decryptions.json"):
+            log_file.unlink()
+
+    forget()
     yield
-    clear_client_caches()
+    forget()
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +362,22 @@ def test_threshold_mode_and_threshold_keys_go_together(cohort) -> None:
         SecureSum(algorithm, cohort, max_examples=1000, decryptors=0)
     secure = SecureSum(algorithm, cohort, max_examples=1000, decryptors=2)
     assert "threshold 3 of 4, 2 decryptors a round" in secure.describe()[0]
+
+
+def test_the_one_sum_a_round_rule_survives_a_fresh_process(cohort, files) -> None:
+    """A SuperNode runs every message in a fresh process: the rule lives in a file."""
+    strategy = threshold_strategy(cohort)
+    mods, seen = threshold_mods({c: load_threshold_holder(files.share_paths[str(c)])
+                                 for c in NODES.values()}), seen_by_all()
+    run_round(strategy, 1, mods, seen)
+    signed, spec = strategy.algorithm._signed, strategy.algorithm._sum_spec
+    ThresholdSumClient(load_threshold_holder(files.share_paths["1"])).partial_for_cohort(
+        spec, 1, signed)
+    log_path = files.share_paths["1"].with_name("paillier_share_1.json.decryptions.json")
+    assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
+    clear_client_caches()                                   # a new process: memory is gone
+    fresh = ThresholdSumClient(load_threshold_holder(files.share_paths["1"]))
+    fresh.partial_for_cohort(spec, 1, signed)               # the same sum again: fine
+    three = {cid: signed[cid] for cid in ("0", "1", "2")}
+    with pytest.raises(SecureSumError, match="already decrypted another sum for round 1"):
+        fresh.partial_for_cohort(spec, 1, three)

@@ -7,11 +7,13 @@ shares them. See docs/paillier_packing.md.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from .encrypt import RandomnessPool
-from .key_files import load_key_holder
+from .errors import MalformedPayloadError
+from .key_files import _write_atomically, load_key_holder
 from .keys import KeyHolder
 from .short_exponent import ShortExponentObfuscators
 from .threshold_keys import SHARE_FILE, SHARE_FORMAT, ThresholdHolder, load_threshold_holder
@@ -159,9 +161,28 @@ def check_worker_counts(workers: object, decrypt_workers: object = None) -> None
 
 def claim_decryption(holder: ThresholdHolder, server_round: int, digest: bytes) -> bool:
     """Record that ``holder`` partially decrypts the sum ``digest`` of ``server_round``;
-    False if this process already decrypted another sum of that round with that share."""
+    False if it already decrypted another sum of that round with that share.
+
+    The record is kept in this process and, for a share loaded from a file, in
+    ``<share file>.decryptions.json`` beside it: in the simulation any actor may serve a
+    node's message, and on a SuperNode every message is a fresh process, so only the
+    file holds the rule across messages.
+    """
     key = (holder.fingerprint, holder.index, int(server_round))
-    return _DECRYPTED.setdefault(key, digest) == digest
+    if _DECRYPTED.setdefault(key, digest) != digest:
+        return False
+    if holder.path is None:
+        return True
+    log_path = Path(str(holder.path) + ".decryptions.json")
+    try:
+        record = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    except ValueError as error:
+        raise MalformedPayloadError(f"{log_path} is not a decryption log: {error}") from error
+    entry = f"{holder.fingerprint.hex()}:{int(server_round)}"
+    if record.setdefault(entry, digest.hex()) != digest.hex():
+        return False
+    _write_atomically(log_path, json.dumps(record).encode(), 0o600)
+    return True
 
 
 def clear_client_caches() -> None:

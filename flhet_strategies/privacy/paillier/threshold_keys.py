@@ -171,10 +171,12 @@ class ThresholdHolder:
     seal_key : bytes
         The cohort's AES-256-GCM key (32 bytes): partial decryptions travel sealed under
         it, so the server relaying them cannot combine them.
+    path : Path, optional
+        The share file it was loaded from (its decryption log is kept beside it).
     """
 
     def __init__(self, cohort: ThresholdCohort, client_id: str, share: KeyShare,
-                 signing_key: bytes, seal_key: bytes) -> None:
+                 signing_key: bytes, seal_key: bytes, path: Path | None = None) -> None:
         entry = cohort.roster.get(str(client_id))
         if entry is None or entry[0] != share.index:
             raise MalformedPayloadError(f"client {client_id!r} does not hold share "
@@ -187,6 +189,7 @@ class ThresholdHolder:
         if len(seal_key) != 32:
             raise MalformedPayloadError("the cohort seal key must have 32 bytes")
         self.cohort, self.client_id, self._share = cohort, str(client_id), share
+        self.path = None if path is None else Path(path)
         self._aead = AESGCM(bytes(seal_key))
 
     def __repr__(self) -> str:
@@ -327,7 +330,7 @@ def load_threshold_holder(path: str | Path) -> ThresholdHolder:
         share = KeyShare(int(document["index"]), int(document["secret"], 16), cohort.key)
         return ThresholdHolder(cohort, str(document["client_id"]), share,
                                bytes.fromhex(document["signing_key"]),
-                               bytes.fromhex(document["seal_key"]))
+                               bytes.fromhex(document["seal_key"]), Path(path).resolve())
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         if isinstance(error, SecureSumError):
             raise
