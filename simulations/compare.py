@@ -2,7 +2,8 @@
 
 Each (strategy, seed) is one ``flhet-sim run`` (:func:`~simulations.runner.run_experiment`)
 into ``<out>/<strategy>/seed<k>/``; a finished run found there (``"complete": true``, same
-config) is read back instead of run again, so an interrupted comparison continues. Every
+config) is read back instead of run again, an interrupted one is resumed, so an
+interrupted comparison continues. Every
 run also trains its local-only twin (the runner always does); the comparison's
 ``local_only`` row and the win rates take the twin of the first strategy's runs.
 Writes ``comparison.json``, ``comparison.md`` and ``comparison.png`` (docs/compare.md).
@@ -20,7 +21,7 @@ from flhet_strategies.faces.checkpoint import write_atomically
 
 from .compare_config import Comparison
 from .compare_report import render_comparison_markdown, render_comparison_png
-from .compare_summary import summarize_comparison, summarize_strategy
+from .compare_summary import summarize_comparison, summarize_strategy, twin_margins
 from .config import ConfigError, ExperimentConfig, from_dict
 from .experiment import LOCAL_ONLY_PHASE
 from .phases import MAIN_PHASE
@@ -48,24 +49,27 @@ def finished_run(cfg: ExperimentConfig, folder: Path) -> dict | None:
     Raises
     ------
     ResumeError
-        If ``folder`` holds a finished run of another configuration.
+        If ``folder`` holds a run (finished or interrupted) of another configuration.
     """
-    if not (folder / RESULTS_FILENAME).is_file():
-        return None
-    results = read_results_json(folder)
-    if not results.get("complete"):
+    results_path, config_path = folder / RESULTS_FILENAME, folder / CHECKPOINT_DIR / "config.json"
+    results = read_results_json(folder) if results_path.is_file() else None
+    if config_path.is_file():      # what the runner saved when the run started
+        saved, source = json.loads(config_path.read_text()), config_path
+    elif results is not None:
+        saved, source = results["config"], results_path
+    else:
         return None
     try:   # through the loader, as the runner's resume does: new sections get defaults
-        saved = _as_json(from_dict(results["config"]))
+        saved = _as_json(from_dict(saved))
     except (ConfigError, KeyError, TypeError, ValueError) as err:
-        raise ResumeError(f"{folder / RESULTS_FILENAME} holds no readable config: {err}") from err
+        raise ResumeError(f"{source} holds no readable configuration: {err}") from err
     config = _as_json(cfg)
     if saved != config:
         changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-        raise ResumeError(f"{folder} holds a finished run of another configuration (differs "
-                          f"in {', '.join(changed)}): use another --out, or delete that folder "
-                          "to run it again")
-    return results
+        raise ResumeError(f"{folder} holds a run of another configuration (differs in "
+                          f"{', '.join(changed)}): use another --out, or delete that folder to "
+                          "run it again")
+    return results if results is not None and results.get("complete") else None
 
 
 def phase_seconds(folder: Path, results: dict) -> dict[str, float | None]:
@@ -99,7 +103,7 @@ def run_comparison(comparison: Comparison, seeds: list[int], out_dir: str | Path
     Raises
     ------
     ResumeError
-        If a run's folder holds a finished run of another configuration.
+        If a run's folder holds a run of another configuration.
     """
     if not seeds:
         raise ValueError("need at least one seed")
@@ -114,12 +118,14 @@ def run_comparison(comparison: Comparison, seeds: list[int], out_dir: str | Path
             cfg = comparison.strategies[name].with_overrides(seed=seed)
             folder = run_dir(out, name, seed)
             results = finished_run(cfg, folder)
-            state = "reused the finished run" if results is not None else "running"
+            resume = results is None and (folder / CHECKPOINT_DIR / "config.json").is_file()
+            state = ("reused the finished run" if results is not None
+                     else "resuming the interrupted run" if resume else "running")
             log.info("compare: strategy %d/%d (%s), seed %d/%d (seed %d): %s in %s, "
                      "%.0f s elapsed", i, len(names), name, j, len(seeds), seed, state,
                      folder, time.perf_counter() - t0)
             if results is None:
-                results = run_experiment(cfg, folder)
+                results = run_experiment(cfg, folder, resume=resume)
             runs[name].append((results, phase_seconds(folder, results)))
     comparison_json = summarize_runs(runs, seeds, comparison.target_fraction)
     comparison_json.update(
@@ -143,7 +149,8 @@ def summarize_runs(runs: dict[str, list[tuple[dict, dict]]], seeds: list[int],
     runs : dict[str, list[tuple[dict, dict]]]
         Strategy -> per seed, (its ``results.json`` content, :func:`phase_seconds`); the
         first strategy's local-only twin is the ``local_only`` row and the baseline of
-        every win rate.
+        every win rate; each strategy's row also gets ``own_twin``, its margins over its
+        own runs' twins (:func:`~simulations.compare_summary.twin_margins`).
     seeds : list[int]
         The seeds, in the runs' order.
     target_fraction : float (default: 0.9)
@@ -151,9 +158,13 @@ def summarize_runs(runs: dict[str, list[tuple[dict, dict]]], seeds: list[int],
     """
     first = next(iter(runs.values()))
     local = [r["baselines"][LOCAL_ONLY_PHASE]["history"] for r, _ in first]
-    rows = {name: summarize_strategy([r["history"] for r, _ in per_seed], local, seeds,
-                                     [s[MAIN_PHASE] for _, s in per_seed])
-            for name, per_seed in runs.items()}
+    rows = {}
+    for name, per_seed in runs.items():
+        histories = [r["history"] for r, _ in per_seed]
+        rows[name] = summarize_strategy(histories, local, seeds,
+                                        [s[MAIN_PHASE] for _, s in per_seed])
+        rows[name]["own_twin"] = twin_margins(
+            histories, [r["baselines"][LOCAL_ONLY_PHASE]["history"] for r, _ in per_seed])
     rows[LOCAL_ONLY_PHASE] = summarize_strategy(local, None, seeds,
                                                 [s[LOCAL_ONLY_PHASE] for _, s in first])
     # the twin runs the first strategy's protocol with what it receives ignored: none of

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 COLUMNS = ("strategy", "client acc. (%)", "global acc. (%)", "worst 10% clients (%)",
            "Jain", "win rate client", "win rate global", "rounds to target",
-           "bytes up / round", "bytes down / round", "wall s")
+           "bytes up / round", "bytes down / round", "wall s", "vs own twin (pts)")
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -25,7 +25,14 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def _share(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.0f}%"
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _twin(margins: Mapping[str, Any] | None) -> str:
+    if not margins:
+        return "—"
+    return " / ".join("n/a" if margins[k] is None else f"{margins[k]:+.2f}"
+                      for k in ("client_points", "global_points"))
 
 
 def render_comparison_markdown(comparison: Mapping[str, Any]) -> str:
@@ -40,7 +47,8 @@ def render_comparison_markdown(comparison: Mapping[str, Any]) -> str:
     -------
     str
         Accuracies in percent (mean ± population std over seeds), win rates in percent of
-        (client, seed) pairs, the local-only row last.
+        (client, seed) pairs, margins over each strategy's own twins in points, the
+        local-only row last.
     """
     target = comparison.get("target_global_accuracy")
     lines = [
@@ -51,7 +59,9 @@ def render_comparison_markdown(comparison: Mapping[str, Any]) -> str:
         f"beating local-only (the local-only twin of the `{comparison.get('local_only_from')}` "
         f"runs). Rounds to target: first round whose mean global accuracy reaches "
         f"{100 * comparison['target_fraction']:.0f}% of the best final one "
-        f"({_num(None if target is None else 100 * target, '.2f')}%). docs/compare.md.",
+        f"({_num(None if target is None else 100 * target, '.2f')}%). Last column: client / "
+        f"global margin over the strategy's own local-only twins (same models and recipe). "
+        f"docs/compare.md.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|---|" + "---:|" * (len(COLUMNS) - 1),
@@ -66,7 +76,7 @@ def render_comparison_markdown(comparison: Mapping[str, Any]) -> str:
                  _share(wins.get("global")),
                  "never" if row["rounds_to_target"] is None else str(row["rounds_to_target"]),
                  _num(row["bytes_up_per_round"], ",.0f"), _num(row["bytes_down_per_round"], ",.0f"),
-                 _num(row["wall_seconds"], ".0f")]
+                 _num(row["wall_seconds"], ".0f"), _twin(row.get("own_twin"))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![global accuracy per round](comparison.png)", ""]
     return "\n".join(lines)

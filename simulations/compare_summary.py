@@ -121,6 +121,39 @@ def comparison_target(final_global: Mapping[str, float | None], fraction: float 
     return fraction * max(values) if values else None
 
 
+def twin_margins(histories: Sequence[Sequence[Mapping]], twins: Sequence[Sequence[Mapping]]
+                 ) -> dict:
+    """A strategy against its own local-only twins (the same models and recipe, trained alone).
+
+    Parameters
+    ----------
+    histories : Sequence[Sequence[Mapping]]
+        Per seed, the strategy's history rows (the last is the final round).
+    twins : Sequence[Sequence[Mapping]]
+        Per seed (the same order), the history rows of the local-only twin of that run.
+
+    Returns
+    -------
+    dict
+        ``client_points`` and ``global_points`` (final mean accuracy minus the twin's, in
+        percentage points, mean over seeds) and ``win_rate`` against the twins
+        (:func:`win_rate`, ``client`` and ``global``).
+    """
+    finals, bases = [h[-1] for h in histories], [t[-1] for t in twins]
+    if len(finals) != len(bases):
+        raise ValueError(f"need one twin per seed, got {len(finals)} runs and {len(bases)} twins")
+    margins = {}
+    for key in ACCURACY_KEYS:
+        metric = f"{key}_accuracy_mean"
+        margins[f"{key}_points"] = _mean_std(
+            [None if f.get(metric) is None or b.get(metric) is None
+             else 100 * (f[metric] - b[metric]) for f, b in zip(finals, bases)])[0]
+    margins["win_rate"] = {key: win_rate([per_client_values(f["per_client"], key) for f in finals],
+                                         [per_client_values(b["per_client"], key) for b in bases])
+                           for key in ACCURACY_KEYS}
+    return margins
+
+
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     known = [float(v) for v in values if v is not None]
     if not known:

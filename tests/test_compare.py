@@ -20,6 +20,7 @@ from simulations.compare_summary import (
     mean_curve,
     summarize_comparison,
     summarize_strategy,
+    twin_margins,
     win_rate,
 )
 from simulations.config import ConfigError
@@ -92,8 +93,15 @@ def test_strategy_row_means_over_seeds_and_win_rates() -> None:
     assert row["bytes_down_per_round"] == pytest.approx(20.0)
     assert row["wall_seconds"] == 15.0 and row["seeds"] == [0, 1]
     assert summarize_strategy(local, None, [0, 1], [1.0, None])["win_rate"] is None
+    # the same runs against their own twins: client 0.8 - 0.8 and 0.6 - 0.8, global
+    # 0.5 - 0.2 and 0.3 - 0.4, in points, mean over the two seeds
+    row["own_twin"] = twin_margins(runs, local)
+    assert row["own_twin"]["client_points"] == pytest.approx(-10.0)
+    assert row["own_twin"]["global_points"] == pytest.approx(10.0)
+    assert row["own_twin"]["win_rate"] == {"client": 0.5, "global": 0.5}
     table = render_comparison_markdown({**summarize_comparison({"s": row}), "seeds": [0, 1]})
     assert "| s | 70.00 ± 10.00 | 40.00 ± 10.00 | 50.00 |" in table
+    assert "| 50.0% | 50.0% | 2 |" in table and table.rstrip().count("-10.00 / +10.00") == 1
 
 
 # --- the [compare] config ---------------------------------------------------------------
@@ -180,7 +188,11 @@ def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, capsys) 
         assert set(row["win_rate"]) == {"client", "global"}
         assert row["bytes_up_per_round"] > 0 and row["wall_seconds"] > 0
         assert [r for r, _ in row["global_accuracy_curve"]] == [1, 2]
-    local = read_results_json(out / "fedconsensus" / "seed0")["baselines"]["local_only"]
+    first = read_results_json(out / "fedconsensus" / "seed0")
+    own = rows["fedconsensus"]["own_twin"]      # the first strategy's twin is local_only
+    assert own["client_points"] == pytest.approx(first["margins"]["client_accuracy_points"])
+    assert own["win_rate"] == rows["fedconsensus"]["win_rate"]
+    local = first["baselines"]["local_only"]
     assert rows["local_only"]["client_accuracy_mean"] == pytest.approx(
         local["client_accuracy_mean"])
     assert comparison["local_only_from"] == "fedconsensus"
@@ -196,6 +208,18 @@ def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, capsys) 
     again = json.loads((out / "comparison.json").read_text())["strategies"]
     assert again["fedproto"] == rows["fedproto"]
     assert "reused the finished run" in capsys.readouterr().err
+
+    # an interrupted run is resumed from its checkpoint: here both its phases had ended,
+    # so no federation starts and the same figures come back
+    path = out / "fedproto" / "seed0" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "complete": False}))
+    started = time.perf_counter()
+    assert main(argv) == 0
+    assert time.perf_counter() - started < 10
+    assert "resuming the interrupted run" in capsys.readouterr().err
+    assert read_results_json(path)["complete"]
+    again = json.loads((out / "comparison.json").read_text())["strategies"]
+    assert again["fedproto"] == rows["fedproto"]
 
     # another configuration in the same folder is refused, not silently mixed in
     assert main(argv[:-1] + ["recipe.local_epochs=2"]) == 2
