@@ -6,6 +6,7 @@ Examples
 ``flhet-sim run --config ... --out ... --set num_rounds=5 --set recipe.kd_weight=0.3``
 ``flhet-sim run --config ... --out ... --resume`` (after a crash: continue the run in ``--out``)
 ``flhet-sim bench --config simulations/configs/fmnist_hetero.toml --out outputs/bench --seeds 0,1,2``
+``flhet-sim compare --config simulations/configs/fmnist_compare.toml --out outputs/compare --seeds 0,1,2``
 """
 
 from __future__ import annotations
@@ -47,7 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
                        metavar="KEY=VALUE", help="override a config entry")
+    compare = sub.add_parser("compare", help="run every strategy of a [compare] config on one "
+                             "federation over seeds; write comparison.json/.md/.png")
+    compare.add_argument("--config", required=True, help="comparison TOML file (with [compare])")
+    compare.add_argument("--out", required=True,
+                         help="output folder; one <strategy>/seed<k> sub-folder per run "
+                              "(finished runs there are reused)")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[],
+                         type=_parse_override, metavar="KEY=VALUE",
+                         help="override a config entry of every strategy, e.g. num_rounds=5")
     return parser
+
+
+def _seeds(text: str) -> list[int] | None:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        print(f"flhet-sim: --seeds must be comma-separated integers, got {text!r}",
+              file=sys.stderr)
+        return None
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,20 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        cfg = load_config(args.config)
-        if args.overrides:
-            cfg = cfg.with_overrides(**dict(args.overrides))
+        if args.command == "compare":
+            from .compare_config import load_comparison
+
+            comparison = load_comparison(args.config, dict(args.overrides))
+        else:
+            cfg = load_config(args.config)
+            if args.overrides:
+                cfg = cfg.with_overrides(**dict(args.overrides))
     except (FileNotFoundError, ConfigError) as err:
         print(f"flhet-sim: {err}", file=sys.stderr)
         return 2
+    if args.command == "compare":
+        return _compare(comparison, args)
     if args.command == "bench":
         from .seed_benchmark import run_seeds
 
-        try:
-            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-        except ValueError:
-            print(f"flhet-sim: --seeds must be comma-separated integers, got {args.seeds!r}",
-                  file=sys.stderr)
+        seeds = _seeds(args.seeds)
+        if seeds is None:
             return 2
         run_seeds(cfg, seeds, args.out)
         return 0
@@ -87,6 +114,24 @@ def main(argv: list[str] | None = None) -> int:
                "wall_seconds": round(results["wall_seconds"], 1)}
     print(json.dumps(summary, indent=2))
     print(f"results written to {args.out}/results.json")
+    return 0
+
+
+def _compare(comparison, args) -> int:
+    from .compare import run_comparison
+    from .compare_report import render_comparison_markdown
+    from .runner import ResumeError
+
+    seeds = _seeds(args.seeds)
+    if seeds is None:
+        return 2
+    try:
+        summary = run_comparison(comparison, seeds, args.out)
+    except ResumeError as err:
+        print(f"flhet-sim: {err}", file=sys.stderr)
+        return 2
+    print(render_comparison_markdown(summary))
+    print(f"comparison written to {args.out}/comparison.json")
     return 0
 
 

@@ -820,7 +820,10 @@ def from_dict(raw: dict) -> ExperimentConfig:
     known = {f.name for f in fields(ExperimentConfig)} - set(_SECTIONS) - {"clients", "recipe"}
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"unknown top-level key(s): {sorted(unknown)}; known: {sorted(known)}")
+        hint = (" ([compare] makes this a comparison config: run it with flhet-sim compare)"
+                if "compare" in unknown else "")
+        raise ConfigError(f"unknown top-level key(s): {sorted(unknown)}; known: {sorted(known)}"
+                          + hint)
     try:
         return ExperimentConfig(**raw, **kwargs)
     except TypeError as err:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from simulations.cli import build_parser, main
+from simulations.compare_config import load_comparison
 from simulations.config import ConfigError, from_dict, load_config
 from simulations.experiment import build_strategy, paillier_key_files
 
@@ -33,7 +34,12 @@ def test_main_config_is_the_heterogeneous_fashion_mnist_job():
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    assert load_config(path).num_rounds >= 1
+    if "compare" in tomllib.loads(path.read_text()):   # a comparison: every strategy's config
+        assert all(c.num_rounds >= 1 for c in load_comparison(path).strategies.values())
+        with pytest.raises(ConfigError, match="run it with flhet-sim compare"):
+            load_config(path)
+    else:
+        assert load_config(path).num_rounds >= 1
 
 
 def test_set_reads_toml_booleans_and_refuses_a_string_for_a_switch():
