@@ -28,10 +28,14 @@ from flhet_strategies.privacy.paillier import (
     SecureSumCodec,
     ShortExponentObfuscators,
     deal_keys,
+    deal_threshold_keys,
     load_key_holder,
     load_public_key,
+    load_threshold_cohort,
+    load_threshold_holder,
 )
 from flhet_strategies.privacy.paillier.secure_sum import DECRYPTION_MODES
+from flhet_strategies.privacy.paillier.threshold_keys import PUBLIC_FILE as THRESHOLD_PUBLIC
 from flhet_strategies.strategies import FedConsensus, SecureConsensus
 from simulations.config import ExperimentConfig, from_dict
 from simulations.experiment import backend_config, build_client, build_split
@@ -70,7 +74,9 @@ def experiment(quick: bool, rounds: int | None, clients: int | None,
 def run_federation(cfg: ExperimentConfig, key_dir: Path | None, secure_options: dict) -> dict:
     """Run one federation; ``key_dir`` set means Paillier. Returns history and timings.
 
-    ``secure_options`` go to :class:`SecureConsensus` (bits, decryption mode).
+    ``secure_options`` go to :class:`SecureConsensus` (bits, decryption mode); with
+    ``decryption="threshold"`` the folder holds a threshold cohort's files (each client's
+    mod picks its own share by partition id).
     """
     import torch
     from flwr.serverapp import ServerApp
@@ -85,9 +91,13 @@ def run_federation(cfg: ExperimentConfig, key_dir: Path | None, secure_options: 
     strategy = inner
     if key_dir is not None:
         max_examples = max(len(client.train) for client in split.clients)
-        strategy = SecureConsensus(inner, load_public_key(key_dir / "paillier_public.bin"),
-                                   max_examples=max_examples, **secure_options)
-        mods = [PaillierMod(key_dir / "paillier_private.json")]
+        if secure_options["decryption"] == "threshold":
+            key, key_path = load_threshold_cohort(key_dir / THRESHOLD_PUBLIC), key_dir
+        else:
+            key = load_public_key(key_dir / "paillier_public.bin")
+            key_path = key_dir / "paillier_private.json"
+        strategy = SecureConsensus(inner, key, max_examples=max_examples, **secure_options)
+        mods = [PaillierMod(key_path)]
     timing: dict = {}
     server_app = ServerApp()
 
@@ -109,13 +119,16 @@ def run_federation(cfg: ExperimentConfig, key_dir: Path | None, secure_options: 
 
 
 def crypto_costs(key_dir: Path, cfg: ExperimentConfig, secure_options: dict) -> dict:
-    """Per-client seconds of one share's encryption and one sum's decryption, in this process."""
-    holder = load_key_holder(key_dir / "paillier_private.json")
+    """Per-client seconds of one share's encryption and one sum's decryption, in this process
+    (threshold key: one partial decryption with its proof, and combining ``t`` of them)."""
+    threshold = secure_options["decryption"] == "threshold"
+    holder = load_threshold_holder(key_dir / "paillier_share_0.json") if threshold else \
+        load_key_holder(key_dir / "paillier_private.json")
     split = build_split(cfg)
     inner = FedConsensus(num_proxy=len(split.proxy_x), num_classes=split.num_classes,
                          proxy_per_round=cfg.strategy.proxy_per_round,
                          consensus=cfg.strategy.consensus())
-    strategy = SecureConsensus(inner, holder.public_key,
+    strategy = SecureConsensus(inner, holder.cohort if threshold else holder.public_key,
                                max_examples=max(len(c.train) for c in split.clients),
                                **secure_options)
     spec = strategy.algorithm.spec(1, cfg.data.num_clients)
@@ -142,7 +155,9 @@ def crypto_costs(key_dir: Path, cfg: ExperimentConfig, secure_options: dict) -> 
             costs["encrypt_with_pool"] = time.perf_counter() - start
     encrypted_sum = CiphertextAggregator(holder.public_key).add(
         *[share] * 1).result().to_array()
-    for workers in (1, 2):
+    if threshold:
+        costs.update(threshold_costs(key_dir, holder, share))
+    for workers in (() if threshold else (1, 2)):
         start = time.perf_counter()
         received = EncryptedVector.from_array(encrypted_sum, holder.public_key)
         spec.decode(holder.decrypt_sum(received, workers=workers), received.num_summands)
@@ -150,6 +165,21 @@ def crypto_costs(key_dir: Path, cfg: ExperimentConfig, secure_options: dict) -> 
     costs["share_bytes"] = share.nbytes
     costs["float32_bytes"] = rows * classes * 4 + classes * 8
     return costs
+
+
+def threshold_costs(key_dir: Path, holder, share) -> dict:
+    """Seconds of one partial decryption (with proof), and of verifying and combining t."""
+    cohort = holder.cohort
+    holders = [load_threshold_holder(key_dir / f"paillier_share_{cid}.json")
+               for cid in sorted(cohort.roster, key=int)[:cohort.threshold]]
+    ciphertexts = [int(c) for c in share.ciphertexts]
+    start = time.perf_counter()
+    partials = [h.partial_decrypt(ciphertexts) for h in holders]
+    partial = (time.perf_counter() - start) / len(holders)
+    start = time.perf_counter()
+    cohort.key.combine(ciphertexts, partials)
+    return {"partial_decrypt": partial, "combine_t": time.perf_counter() - start,
+            "threshold": cohort.threshold}
 
 
 def _round_seconds(history: list[dict]) -> list[float]:
@@ -177,10 +207,15 @@ def main() -> None:
     parser.add_argument("--probability-bits", type=int, default=8)
     parser.add_argument("--vote-bits", type=int, default=16)
     parser.add_argument("--decryption", default="delegate", choices=DECRYPTION_MODES,
-                        help="one client decrypts for the cohort, or every client")
+                        help="one client decrypts for the cohort, every client, or t of n "
+                             "threshold key shares")
+    parser.add_argument("--decryptors", type=int,
+                        help="threshold: clients asked for a partial decryption (default t+1)")
     args = parser.parse_args()
     secure_options = {"probability_bits": args.probability_bits, "vote_bits": args.vote_bits,
                       "decryption": args.decryption}
+    if args.decryptors is not None:
+        secure_options["decryptors"] = args.decryptors
     cfg = experiment(args.quick, args.rounds, args.clients, args.proxy_per_round)
     build_split(cfg)  # load data once, before timing
     print(f"measured at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} on "
@@ -189,9 +224,14 @@ def main() -> None:
           f"{cfg.num_rounds} rounds; paillier: {secure_options}")
     with tempfile.TemporaryDirectory() as tmp:
         key_dir = Path(tmp)
-        files = deal_keys(key_dir)   # the key dealer: server gets the public file only
-        print(f"key dealer wrote {files.private_path.name} (clients) and "
-              f"{files.public_path.name} (server), key {files.fingerprint}")
+        if args.decryption == "threshold":   # t = n // 2 + 1 key shares decrypt
+            files = deal_threshold_keys(key_dir, [str(c) for c in range(cfg.data.num_clients)])
+            print(f"key dealer wrote {len(files.share_paths)} share files (one per client) "
+                  f"and {files.public_path.name} (server), key {files.fingerprint}")
+        else:
+            files = deal_keys(key_dir)   # the key dealer: server gets the public file only
+            print(f"key dealer wrote {files.private_path.name} (clients) and "
+                  f"{files.public_path.name} (server), key {files.fingerprint}")
         order = ["plaintext", "paillier"] if args.repeats == 1 else \
             ["plaintext", "paillier", "paillier", "plaintext"]
         runs: dict[str, list[dict]] = {"plaintext": [], "paillier": []}
@@ -236,9 +276,14 @@ def main() -> None:
           "plaintext):")
     print(f"  randomness r^n {costs['randomness_r^n']:.3f} s, DJN short exponent "
           f"{costs['randomness_djn']:.3f} s (precomputed while training); encrypt with it "
-          f"{costs['encrypt_with_pool']:.3f} s; decrypt + decode the sum "
-          f"{costs['decrypt_and_decode_1']:.3f} s (1 thread), "
-          f"{costs['decrypt_and_decode_2']:.3f} s (2 threads)")
+          f"{costs['encrypt_with_pool']:.3f} s")
+    if "partial_decrypt" in costs:
+        print(f"  threshold: one partial decryption with its proof {costs['partial_decrypt']:.3f} s"
+              f"; verify and combine t = {costs['threshold']} partials "
+              f"{costs['combine_t']:.3f} s (every client, before training)")
+    else:
+        print(f"  decrypt + decode the sum {costs['decrypt_and_decode_1']:.3f} s (1 thread), "
+              f"{costs['decrypt_and_decode_2']:.3f} s (2 threads)")
 
 
 if __name__ == "__main__":

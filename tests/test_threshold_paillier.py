@@ -110,3 +110,18 @@ def test_short_keys_and_bad_thresholds_are_refused():
         deal_threshold_key(3, 4, 512, allow_short_keys=True)
     with pytest.raises(ValueError, match=r"threshold must be in \[1, 3\]"):
         deal_threshold_key(3, 0, 512, allow_short_keys=True)
+
+
+def test_the_batched_product_equals_one_powmod_per_base(key):
+    from flhet_strategies.privacy.paillier.threshold import _multi_powmod
+
+    public, _ = key
+    n2 = public.nsquare
+    rng = __import__("random").Random(0)
+    bases = [gmpy2.mpz(rng.randrange(2, n2)) for _ in range(40)]
+    exponents = [rng.getrandbits(130) for _ in range(39)] + [0]
+    expected = gmpy2.mpz(1)
+    for b, e in zip(bases, exponents):
+        expected = expected * gmpy2.powmod(b, e, n2) % n2
+    assert _multi_powmod(bases, exponents, n2) == expected
+    assert _multi_powmod([], [], n2) == 1
