@@ -381,3 +381,10 @@ def test_the_one_sum_a_round_rule_survives_a_fresh_process(cohort, files) -> Non
     three = {cid: signed[cid] for cid in ("0", "1", "2")}
     with pytest.raises(SecureSumError, match="already decrypted another sum for round 1"):
         fresh.partial_for_cohort(spec, 1, three)
+
+
+def test_secure_fedavg_refuses_a_threshold_key_share_with_a_clear_error(holders) -> None:
+    from flhet_strategies.privacy.paillier.model_client import ModelSumClient
+
+    with pytest.raises(TypeError, match="threshold keys are for the flhet weighted sums"):
+        ModelSumClient(holders[0])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .keys import KeyHolder
 from .model_updates import ModelSumResult, SecureModelSpec
 from .share_client import ShareClient
 
@@ -55,6 +56,13 @@ class ModelSumClient(ShareClient):
     >>> model = client.decrypt(spec, relayed_sum).arrays                  # doctest: +SKIP
     >>> share = client.encrypt(spec, trained_arrays, weight=num_examples)  # doctest: +SKIP
     """
+
+    def __init__(self, holder: KeyHolder, **settings) -> None:
+        if not isinstance(holder, KeyHolder):
+            raise TypeError(f"secure FedAvg needs a Paillier private key (a KeyHolder from "
+                            f"deal_keys), got {type(holder).__name__}: threshold keys are "
+                            "for the flhet weighted sums (SecureConsensus)")
+        super().__init__(holder, **settings)
 
     def decrypt(self, spec: SecureModelSpec, payload: np.ndarray | bytes) -> ModelSumResult:
         """Decrypt and decode a relayed encrypted sum into the global model.
