@@ -39,7 +39,7 @@ from .data.partitioning import PartitionerSpec
 
 API_FACES = ("message", "compat")
 
-CLIENT_ROLES = ("", "free_rider", "label_noise", "twin", "poisoner")
+CLIENT_ROLES = ("", "free_rider", "label_noise", "twin", "poisoner", "absent")
 """Roles a ``[[clients]]`` group may play in contribution and robustness experiments
 (``""``: honest)."""
 
@@ -74,7 +74,9 @@ class ClientGroup:
         mix with ``flip_fraction`` of the training labels flipped, see
         :mod:`simulations.data.label_noise`) or ``"twin"`` (the honest client the
         label-noise client is matched to), ``"poisoner"`` (trains on its labels
-        permuted, ``y -> (y + 1) mod C``, and so sends confidently wrong predictions).
+        permuted, ``y -> (y + 1) mod C``, and so sends confidently wrong predictions),
+        ``"absent"`` (trains honestly but is enrolled nowhere, so the server rejects
+        every reply: the ``attackers_absent`` baseline turns poisoners into it).
         ``label_noise`` and ``twin`` groups hold one client each.
     flip_fraction : float
         Share of flipped training labels of a ``label_noise`` client, in ``(0, 1]``.
@@ -449,6 +451,10 @@ class RobustConfig:
         Also run the federation with every ``poisoner`` honest (``baselines.clean``).
     plain_mean_baseline : bool
         Also run it with the attackers and the weighted mean (``baselines.plain_mean``).
+    absent_baseline : bool
+        Also run it with the attackers taking no part (their replies rejected, the same
+        partition, the weighted mean: ``baselines.attackers_absent``), what a perfect
+        filter would give.
     """
 
     rule: str = ""
@@ -456,6 +462,7 @@ class RobustConfig:
     min_accuracy: float = 0.5
     clean_baseline: bool = True
     plain_mean_baseline: bool = True
+    absent_baseline: bool = True
 
     def __post_init__(self) -> None:
         if self.rule not in ROBUST_RULES:

@@ -214,6 +214,16 @@ def without_attackers(cfg: ExperimentConfig) -> ExperimentConfig:
     return from_dict(raw)
 
 
+def attackers_absent(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same federation with every ``poisoner`` ``absent``: enrolled nowhere, so the
+    server rejects its replies (the ``attackers_absent`` baseline)."""
+    raw = cfg.to_dict()
+    for group in raw["clients"]:
+        if group["role"] == "poisoner":
+            group["role"] = "absent"
+    return from_dict(raw)
+
+
 def without_robustness(cfg: ExperimentConfig) -> ExperimentConfig:
     """The same experiment aggregated by the weighted mean (the ``plain_mean`` baseline)."""
     return cfg.with_overrides(**{"robust.rule": ""})
@@ -346,7 +356,7 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
                              "min_available_clients": cfg.data.num_clients})
     split = build_split(cfg)
     face.update(evaluate_every=evaluate_every, seed=cfg.seed, phase=phase,
-                claims=enrollment(split))
+                claims=enrollment(split, cfg.client_roles()))
     privacy = {} if local_only else dp_strategy_options(cfg)
     if s.name == "fedproto":
         strategy_type = FedProto if message else FedProtoCompat
@@ -418,10 +428,12 @@ def group_constructors(cfg: ExperimentConfig, split: FederatedSplit) -> dict:
             for g in cfg.client_groups() if g.framework == "pytorch" and g.role != "free_rider"}
 
 
-def enrollment(split: FederatedSplit) -> ClaimCheck:
-    """Claims checked against the partition: every client enrolled with its training size."""
+def enrollment(split: FederatedSplit, roles: list[str] | None = None) -> ClaimCheck:
+    """Claims checked against the partition: every client enrolled with its training size
+    (but ``absent`` ones, whose replies are then rejected)."""
+    roles = roles or [""] * len(split.clients)
     return ClaimCheck(enrolled={str(cid): len(data.train) for cid, data in
-                                enumerate(split.clients)})
+                                enumerate(split.clients) if roles[cid] != "absent"})
 
 
 def contribution_ledger(strategy) -> ContributionLedger | None:

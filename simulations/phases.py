@@ -31,6 +31,7 @@ from .experiment import (
     record_dp,
     secure_wrapper,
     without_adaptation,
+    attackers_absent,
     without_attackers,
     without_privacy,
     without_robustness,
@@ -42,8 +43,9 @@ PLAINTEXT_PHASE = "plaintext"
 UNADAPTED_PHASE = "unadapted"
 CLEAN_PHASE = "clean"
 PLAIN_MEAN_PHASE = "plain_mean"
+ABSENT_PHASE = "attackers_absent"
 BASELINE_PHASES = (NO_DP_PHASE, PLAINTEXT_PHASE, UNADAPTED_PHASE, CLEAN_PHASE,
-                   PLAIN_MEAN_PHASE)
+                   PLAIN_MEAN_PHASE, ABSENT_PHASE)
 """Baselines reported as ``baselines.<phase>`` with ``gain_points``."""
 
 
@@ -84,6 +86,8 @@ class Phase:
                 UNADAPTED_PHASE: "unadapted baseline: the same configuration, fixed weights",
                 CLEAN_PHASE: "clean baseline: the same federation, every poisoner honest",
                 PLAIN_MEAN_PHASE: "plain-mean baseline: the attackers, the weighted mean",
+                ABSENT_PHASE: "attackers-absent baseline: their replies rejected, the "
+                              "weighted mean",
                 }[self.name]
 
 
@@ -106,6 +110,8 @@ def experiment_phases(cfg: ExperimentConfig) -> list[Phase]:
         phases.append(Phase(CLEAN_PHASE, without_robustness(without_attackers(cfg))))
     if cfg.robust.enabled and cfg.robust.plain_mean_baseline:
         phases.append(Phase(PLAIN_MEAN_PHASE, without_robustness(cfg)))
+    if cfg.robust.enabled and cfg.robust.absent_baseline:
+        phases.append(Phase(ABSENT_PHASE, without_robustness(attackers_absent(cfg))))
     return phases
 
 
@@ -145,7 +151,8 @@ def results_from_phases(cfg: ExperimentConfig, finished: dict[str, tuple[object,
         sections["adaptive"] = adaptive_section(cfg, main, finished[UNADAPTED_PHASE][0])
     if cfg.robust.enabled:
         sections["robust"] = robust_section(cfg, {name: finished[name][0].history for name in
-                                                  (MAIN_PHASE, CLEAN_PHASE, PLAIN_MEAN_PHASE)
+                                                  (MAIN_PHASE, CLEAN_PHASE, PLAIN_MEAN_PHASE,
+                                                   ABSENT_PHASE)
                                                   if name in finished})
     local = finished.get(LOCAL_ONLY_PHASE, (None, 0.0))[0]
     return assemble_results(

@@ -10,7 +10,13 @@ from flhet_strategies.aggregation.validation_filter import ValidationFilter
 from flhet_strategies.protocol import find_wrapper
 from simulations.config import ConfigError, load_config
 from simulations.experiment import build_client, build_strategy, without_attackers
-from simulations.phases import CLEAN_PHASE, PLAIN_MEAN_PHASE, experiment_phases, robust_section
+from simulations.phases import (
+    ABSENT_PHASE,
+    CLEAN_PHASE,
+    PLAIN_MEAN_PHASE,
+    experiment_phases,
+    robust_section,
+)
 
 POISON = "simulations/configs/fmnist_poison.toml"
 TINY = "simulations/configs/digits_tiny.toml"
@@ -33,19 +39,40 @@ def test_the_scenario_runs_the_robust_rule_and_both_twins():
     cfg = load_config(POISON)
     assert cfg.client_roles().count("poisoner") == 2
     phases = {p.name: p for p in experiment_phases(cfg)}
-    assert set(phases) == {"main", "local_only", CLEAN_PHASE, PLAIN_MEAN_PHASE}
+    assert set(phases) == {"main", "local_only", CLEAN_PHASE, PLAIN_MEAN_PHASE, ABSENT_PHASE}
     screen = find_wrapper(build_strategy(cfg).algorithm, ValidationFilter)
     assert screen.min_accuracy == 0.5 and screen.indices.size == cfg.data.proxy_validation_size
     # the labeled slice is in every round's proxy draw
     assert np.isin(screen.indices, screen.innermost.proxy_indices(7)).all()
     median = cfg.with_overrides(**{"robust.rule": "median"})
     assert find_wrapper(build_strategy(median).algorithm, RobustAggregation).rule == "median"
-    for name in (CLEAN_PHASE, PLAIN_MEAN_PHASE, "local_only"):
+    for name in (CLEAN_PHASE, PLAIN_MEAN_PHASE, ABSENT_PHASE, "local_only"):
         algorithm = phases[name].build().algorithm
         assert find_wrapper(algorithm, RobustAggregation) is None
         assert find_wrapper(algorithm, ValidationFilter) is None
     assert "poisoner" not in phases[CLEAN_PHASE].cfg.client_roles()
     assert phases[PLAIN_MEAN_PHASE].cfg.client_roles() == cfg.client_roles()
+    absent = phases[ABSENT_PHASE].cfg.client_roles()
+    assert absent == ["absent" if r == "poisoner" else r for r in cfg.client_roles()]
+
+
+def test_absent_attackers_train_honestly_and_every_reply_of_theirs_is_rejected():
+    from flhet_strategies.protocol import Reply
+    from simulations.experiment import attackers_absent, build_split, enrollment
+
+    cfg = load_config(POISON)
+    attackers = [str(c) for c, role in enumerate(cfg.client_roles()) if role == "poisoner"]
+    gone = attackers_absent(cfg)
+    split = build_split(gone)
+    claims = enrollment(split, gone.client_roles())
+    assert sorted(claims.enrolled) == sorted(str(c) for c in range(10) if str(c) not in attackers)
+    passed, rejected = claims.screen(1, [
+        Reply(c, {}, {"num-examples": len(split.clients[int(c)].train)})
+        for c in ("0", attackers[0])])
+    assert [r.client_id for r in passed] == ["0"]
+    assert rejected == {attackers[0]: f"client id {attackers[0]} did not enroll (8 clients did)"}
+    honest = build_client(without_attackers(cfg), int(attackers[0]))
+    np.testing.assert_array_equal(build_client(gone, int(attackers[0])).y_train, honest.y_train)
 
 
 @pytest.mark.parametrize("path, change, message", [
