@@ -95,9 +95,9 @@ def holders(files) -> dict[int, ThresholdHolder]:
     return {cid: load_threshold_holder(files.share_paths[str(cid)]) for cid in NODES.values()}
 
 
-def threshold_strategy(cohort, **options) -> SecureConsensus:
+def threshold_strategy(cohort, checkpoint=None, **options) -> SecureConsensus:
     fed = FedConsensus(num_proxy=NUM_PROXY, num_classes=CLASSES, proxy_per_round=PER_ROUND,
-                       min_available_nodes=len(NODES))
+                       min_available_nodes=len(NODES), checkpoint=checkpoint)
     return SecureConsensus(fed, cohort, max_examples=1000, **options)
 
 
@@ -388,3 +388,18 @@ def test_secure_fedavg_refuses_a_threshold_key_share_with_a_clear_error(holders)
 
     with pytest.raises(TypeError, match="threshold keys are for the flhet weighted sums"):
         ModelSumClient(holders[0])
+
+
+def test_a_checkpointed_threshold_server_resumes_with_its_signed_shares_and_partials(
+        cohort, holders, tmp_path) -> None:
+    """The server's state (roster, signed shares, sealed partials) survives a checkpoint."""
+    strategy = threshold_strategy(cohort, checkpoint=tmp_path / "server.pkl")
+    mods, seen = threshold_mods(holders), seen_by_all()
+    run_round(strategy, 1, mods, seen)
+    evaluate_with(strategy, 1, mods)                    # round 1 ends: checkpoint written
+    resumed = threshold_strategy(cohort, checkpoint=tmp_path / "server.pkl")
+    assert resumed.resume() and resumed.driver.offset == 1
+    run_round(resumed, 1, mods, seen)                   # Flower's round 1 of the rest: round 2
+    assert [e["round"] for e in resumed.history] == [1, 2]
+    assert resumed.history[1]["sum_decryption"] == "threshold"
+    assert np.abs(seen[0][-1].consensus - plaintext_consensus([0, 1, 2, 3])).mean() < 2e-3
