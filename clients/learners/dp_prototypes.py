@@ -131,6 +131,6 @@ def private_class_prototypes(learner, x: np.ndarray, y: np.ndarray, num_classes:
                                   settings.proto_noise_multiplier, rng)
 
 
-__all__ = ["PROTOTYPE_SENSITIVITY", "clipped_class_sums", "noisy_class_prototypes", "planned_releases",
-           "private_class_prototypes", "release_noise_multiplier", "release_threshold",
-           "releases_epsilon"]
+__all__ = ["PROTOTYPE_SENSITIVITY", "clipped_class_sums", "noisy_class_prototypes",
+           "planned_releases", "private_class_prototypes", "release_noise_multiplier",
+           "release_threshold", "releases_epsilon"]

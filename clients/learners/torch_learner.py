@@ -516,7 +516,8 @@ class TorchLearner:
     def get_state(self) -> dict[str, np.ndarray]:
         """The ``state_dict`` (parameters and buffers) as numpy arrays; with DP-SGD also
         the accountant's history and release count
-        (:data:`~clients.learners.dpsgd.STATE_KEY`, :data:`~clients.learners.dpsgd.RELEASES_KEY`)."""
+        (:data:`~clients.learners.dpsgd.STATE_KEY`,
+        :data:`~clients.learners.dpsgd.RELEASES_KEY`)."""
         state = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
         if self._privacy is not None:
             state.update(self._privacy.state())
