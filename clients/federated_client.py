@@ -77,22 +77,9 @@ class FederatedClient:
     @property
     def private_records(self) -> bool:
         """Whether the learner trains with record-level DP (DP-SGD): then only what is
-        post-processing of the model may leave the client (no label histogram)."""
+        post-processing of the model or of an accounted DP release may leave the client
+        (no exact label histogram; class prototypes by the Gaussian mechanism)."""
         return getattr(self.learner, "dp", None) is not None
-
-    def refuse_under_record_dp(self, what: str) -> None:
-        """Raise if the learner trains with DP-SGD: ``what`` is computed from private
-        records directly, not from the model alone, so DP-SGD does not cover it.
-
-        Raises
-        ------
-        ValueError
-            Naming ``what``.
-        """
-        if self.private_records:
-            raise ValueError(f"record-level DP (DP-SGD) covers what the model computes, not "
-                             f"{what}, which this algorithm would send; use logit consensus "
-                             "or LG-FedAvg with DP-SGD")
 
     def privacy_metrics(self) -> dict[str, float]:
         """Reply metrics of the record-level privacy spent so far (empty without DP-SGD)."""

@@ -138,6 +138,10 @@ FEATURE_STRATEGIES = PROTOTYPE_STRATEGIES + SHARED_HEAD_STRATEGIES
 TRAINED_STRATEGIES = ("fedtgp", "fedgh")
 """Strategies whose server trains on every client's upload (no sum for DP or Paillier)."""
 
+PROTOTYPE_UPLOADS = ("fedproto", "fedtgp", "fedgh")
+"""Strategies whose clients upload class prototypes and counts (FedGH's server trains
+its head on them); under DP-SGD by the Gaussian mechanism (``[dp] proto_*``)."""
+
 
 @dataclass(frozen=True)
 class StrategyConfig:
@@ -213,6 +217,11 @@ class StrategyConfig:
     def features(self) -> bool:
         """Whether the clients must embed (prototypes or a shared head; signed payloads)."""
         return self.name in FEATURE_STRATEGIES
+
+    @property
+    def uploads_prototypes(self) -> bool:
+        """Whether the clients upload class prototypes (:data:`PROTOTYPE_UPLOADS`)."""
+        return self.name in PROTOTYPE_UPLOADS
 
     @property
     def recipe_type(self) -> type:
@@ -342,9 +351,11 @@ class DpConfig:
     With ``level = "record"`` every PyTorch client trains with DP-SGD
     (:class:`clients.learners.dpsgd.DPSGD`): ``clip_norm`` bounds each example's gradient,
     ``target_epsilon`` calibrates each client's noise multiplier over its planned private
-    epochs, ``max_epsilon`` stops its private training; every ``history`` entry carries
-    ``epsilon_per_client``, ``epsilon_mean`` and ``epsilon_max`` (docs/dp_sgd.md). ``mode``,
-    ``clip_mode``, ``min_margin`` and ``min_rows`` are for the client level only.
+    epochs (and, for FedProto, FedTGP and FedGH, one class-prototype release per round:
+    ``proto_noise_multiplier``, ``proto_clip_norm``), ``max_epsilon`` stops its private
+    training and releases; every ``history`` entry carries ``epsilon_per_client``,
+    ``epsilon_mean`` and ``epsilon_max`` (docs/dp_sgd.md). ``mode``, ``clip_mode``,
+    ``min_margin`` and ``min_rows`` are for the client level only.
 
     Parameters
     ----------
@@ -379,6 +390,13 @@ class DpConfig:
     no_dp_baseline : bool
         Also run the same configuration without DP in the same invocation:
         ``baselines.no_dp``.
+    proto_noise_multiplier : float
+        Record level, prototype strategies: ``z`` of each round's class-prototype release
+        (noise ``z * proto_clip_norm`` on each class's feature sum, ``z`` on its count;
+        accounted as ``z / sqrt(2)`` at sample rate 1,
+        :mod:`clients.learners.dp_prototypes`).
+    proto_clip_norm : float
+        Record level, prototype strategies: L2 bound of each record's feature vector.
     """
 
     enabled: bool = False
@@ -393,6 +411,8 @@ class DpConfig:
     min_margin: float = 2.0
     min_rows: int = 10
     no_dp_baseline: bool = True
+    proto_noise_multiplier: float = 10.0
+    proto_clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
         if self.level not in DP_LEVELS:
@@ -401,7 +421,8 @@ class DpConfig:
             raise ValueError(f"mode must be one of {DP_MODES}, got {self.mode!r}")
         if self.enabled and (self.target_epsilon is None) == (self.noise_multiplier is None):
             raise ValueError("give exactly one of target_epsilon and noise_multiplier")
-        for name in ("target_epsilon", "noise_multiplier", "max_epsilon"):
+        for name in ("target_epsilon", "noise_multiplier", "max_epsilon",
+                     "proto_noise_multiplier", "proto_clip_norm"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -710,11 +731,16 @@ class ExperimentConfig:
         if flat:
             raise ConfigError(f'[dp] level = "record" trains every client with DP-SGD (Opacus, '
                               f"PyTorch models); {flat} cannot: use a PyTorch zoo model")
-        if self.strategy.name in ("fedproto", "fedtgp", "fedgh"):
-            raise ConfigError(f'[dp] level = "record" covers what a model computes; strategy '
-                              f"{self.strategy.name!r} sends class prototypes (means of private "
-                              "features) and label histograms, which it does not: use "
-                              "fedconsensus or lgfedavg")
+        if self.strategy.uploads_prototypes and self.dp.target_epsilon is not None:
+            from clients.learners.dp_prototypes import releases_epsilon   # opacus: lazily
+
+            alone = releases_epsilon(self.dp.proto_noise_multiplier, self.num_rounds,
+                                     self.dp.delta)
+            if alone >= self.dp.target_epsilon:
+                raise ConfigError(
+                    f"[dp] target_epsilon = {self.dp.target_epsilon}: the {self.num_rounds} "
+                    f"class-prototype releases alone spend epsilon {alone:.2f} at "
+                    f"proto_noise_multiplier = {self.dp.proto_noise_multiplier}; raise it")
         if not self.strategy.features and self.strategy.class_vote_weighting:
             raise ConfigError('[dp] level = "record" needs strategy.class_vote_weighting = '
                               "false: class votes need each client's exact label histogram")

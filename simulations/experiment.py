@@ -20,6 +20,7 @@ from clients.faces.numpy_client import FlhetNumPyClient
 from clients.faces.state import client_id_from_context
 from clients.faces.wrappers import DpNoiseMod, DpNoiseNumPyClient, PaillierMod, SecureSumNumPyClient
 from clients.federated_client import FederatedClient
+from clients.learners.dp_prototypes import planned_releases
 from clients.learners.dpsgd import DPSGD, calibrate_noise_multiplier, sample_rate, steps_per_epoch
 from clients.learners.free_rider import FreeRiderLearner
 from clients.learners.sklearn_learner import SklearnLearner
@@ -144,13 +145,21 @@ def planned_private_epochs(cfg: ExperimentConfig) -> int:
             + getattr(r, "final_private_epochs", 0))
 
 
+def planned_prototype_releases(cfg: ExperimentConfig) -> int:
+    """Class-prototype releases a client makes if it takes part in every round: one per
+    round for the strategies whose clients upload prototypes, else none."""
+    return cfg.num_rounds if cfg.strategy.uploads_prototypes else 0
+
+
 def record_dp(cfg: ExperimentConfig, batch_size: int, num_examples: int) -> DPSGD | None:
     """The DP-SGD settings of a client with ``num_examples`` training records under
     ``[dp] level = "record"`` (else ``None``).
 
     The noise multiplier is given, or calibrated so that the client's planned private
     steps (:func:`planned_private_epochs` at sampling rate ``batch_size / num_examples``)
-    spend ``target_epsilon``; ``max_epsilon`` (default ``target_epsilon``) stops it.
+    and its planned prototype releases (:func:`planned_prototype_releases`, each at
+    ``proto_noise_multiplier``) spend ``target_epsilon`` together; ``max_epsilon``
+    (default ``target_epsilon``) stops both.
     """
     dp = cfg.dp
     if not dp.record_level:
@@ -158,10 +167,13 @@ def record_dp(cfg: ExperimentConfig, batch_size: int, num_examples: int) -> DPSG
     z = dp.noise_multiplier
     if z is None:
         rate = sample_rate(batch_size, num_examples)
+        releases = planned_releases(dp.proto_noise_multiplier, planned_prototype_releases(cfg))
         z = calibrate_noise_multiplier(dp.target_epsilon, dp.delta, rate,
-                                       planned_private_epochs(cfg) * steps_per_epoch(rate))
+                                       planned_private_epochs(cfg) * steps_per_epoch(rate),
+                                       fixed=releases)
     return DPSGD(noise_multiplier=z, max_grad_norm=dp.clip_norm, delta=dp.delta,
-                 max_epsilon=dp.budget)
+                 max_epsilon=dp.budget, proto_noise_multiplier=dp.proto_noise_multiplier,
+                 proto_clip_norm=dp.proto_clip_norm)
 
 
 LOCAL_ONLY_PHASE = "local_only"
@@ -356,7 +368,8 @@ def build_strategy(cfg: ExperimentConfig, local_only: bool = False,
                              "min_available_clients": cfg.data.num_clients})
     split = build_split(cfg)
     face.update(evaluate_every=evaluate_every, seed=cfg.seed, phase=phase,
-                claims=enrollment(split, cfg.client_roles()))
+                claims=enrollment(split, cfg.client_roles(),
+                                  noisy_histograms=cfg.dp.record_level))
     privacy = {} if local_only else dp_strategy_options(cfg)
     if s.name == "fedproto":
         strategy_type = FedProto if message else FedProtoCompat
@@ -428,12 +441,19 @@ def group_constructors(cfg: ExperimentConfig, split: FederatedSplit) -> dict:
             for g in cfg.client_groups() if g.framework == "pytorch" and g.role != "free_rider"}
 
 
-def enrollment(split: FederatedSplit, roles: list[str] | None = None) -> ClaimCheck:
+def enrollment(split: FederatedSplit, roles: list[str] | None = None,
+               noisy_histograms: bool = False) -> ClaimCheck:
     """Claims checked against the partition: every client enrolled with its training size
-    (but ``absent`` ones, whose replies are then rejected)."""
+    (but ``absent`` ones, whose replies are then rejected).
+
+    With ``noisy_histograms`` (DP-SGD clients send their class counts with Gaussian noise
+    and withhold small classes) a histogram need not sum to ``num-examples``, so that
+    rule is off; ``num-examples`` is still checked against the enrollment.
+    """
     roles = roles or [""] * len(split.clients)
     return ClaimCheck(enrolled={str(cid): len(data.train) for cid, data in
-                                enumerate(split.clients) if roles[cid] != "absent"})
+                                enumerate(split.clients) if roles[cid] != "absent"},
+                      check_histogram=not noisy_histograms)
 
 
 def contribution_ledger(strategy) -> ContributionLedger | None:

@@ -27,6 +27,7 @@ from .experiment import (
     contribution_ledger,
     local_only_config,
     planned_private_epochs,
+    planned_prototype_releases,
     privacy_wrapper,
     record_dp,
     secure_wrapper,
@@ -202,6 +203,13 @@ def record_privacy_section(cfg: ExperimentConfig, history: list[dict],
                 "epsilon_max_per_round": [e["epsilon_max"] for e in spent]}
 
     dp, split = cfg.dp, build_split(cfg)
+    prototypes = {} if not cfg.strategy.uploads_prototypes else {
+        "prototype_release": "Gaussian mechanism (features clipped to proto_clip_norm, "
+                             "noise on class sums and counts, accounted as "
+                             "proto_noise_multiplier / sqrt(2) at sample rate 1)",
+        "proto_noise_multiplier": dp.proto_noise_multiplier,
+        "proto_clip_norm": dp.proto_clip_norm,
+        "planned_prototype_releases": planned_prototype_releases(cfg)}
     noise = {str(cid): record_dp(cfg, group.batch_size, len(split.clients[cid].train))
              for cid, group in enumerate(cfg.client_groups()) if group.framework == "pytorch"}
     return {"level": "record", "mechanism": "DP-SGD (Opacus: Poisson sampling, per-sample "
@@ -209,6 +217,7 @@ def record_privacy_section(cfg: ExperimentConfig, history: list[dict],
             "target_epsilon": dp.target_epsilon,
             "noise_multiplier_per_client": {c: d.noise_multiplier for c, d in noise.items()},
             "max_epsilon": dp.budget, "planned_private_epochs": planned_private_epochs(cfg),
+            **prototypes,
             "accountant": "opacus.accountants.RDPAccountant (record-level, add-or-remove-one, "
                           "per client)",
             "main": final(history), "local_only": final(local_only)}

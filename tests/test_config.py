@@ -140,8 +140,9 @@ def test_record_level_dp_config_builds_dp_sgd_clients_and_keeps_it_in_the_local_
     ({}, "scikit-learn|PyTorch"),                                     # a sklearn client
     ({"clients": [{"architecture": "mlp", "count": 2}],
       "strategy": {"class_vote_weighting": True}}, "class_vote_weighting"),
-    ({"clients": [{"architecture": "mlp", "count": 2}],
-      "strategy": {"name": "fedproto", "feature_dim": 32}}, "prototypes"),
+    ({"clients": [{"architecture": "mlp", "count": 2}],       # releases alone: eps > 8
+      "strategy": {"name": "fedproto", "feature_dim": 32},
+      "dp": _record(proto_noise_multiplier=0.5)}, "prototype releases alone"),
     ({"clients": [{"architecture": "mlp", "count": 2}],
       "strategy": {"class_vote_weighting": False}, "dp": _record(level="sample")}, "level"),
 ])

@@ -4,7 +4,7 @@ One DP-SGD step against a by-hand computation (per-example gradients clipped, su
 divided by the expected batch), the noise's standard deviation, distillation gradients
 on public proxy data added unclipped, the budget that stops private steps, the
 accountant's state across save/restore, the calibration, per-example gradients of the
-zoo models Opacus has to rewrite, and what a DP-SGD client refuses to send.
+zoo models Opacus has to rewrite, and the label histogram a DP-SGD client does not send.
 """
 
 import numpy as np
@@ -15,7 +15,6 @@ from opacus.accountants import RDPAccountant
 from sklearn.datasets import load_digits
 
 from clients.algorithms.consensus import ConsensusClient
-from clients.algorithms.prototypes import PrototypeClient
 from clients.federated_client import FederatedClient
 from clients.learners.base import DistillTarget
 from clients.learners.dpsgd import (
@@ -181,10 +180,11 @@ def _client(learner, digits):
     return FederatedClient(learner, x[:200], y[:200], x[200:260], y[200:260], x[300:400], 10)
 
 
-def test_a_dp_sgd_client_sends_no_label_histogram_and_no_prototypes(digits):
+def test_a_dp_sgd_client_sends_no_label_histogram(digits):
+    """(Its class prototypes and counts go through the Gaussian mechanism:
+    tests/test_dpsgd_prototypes.py.)"""
     from flhet_strategies.algorithms.consensus import RoundPlan
-    from flhet_strategies.algorithms.recipes import DistillationRecipe, PrototypeRecipe
-    from flhet_strategies.protocol import Instruction
+    from flhet_strategies.algorithms.recipes import DistillationRecipe
 
     plan = RoundPlan(1, np.arange(20), np.arange(0), np.zeros((0, 10), np.float32))
     recipe = DistillationRecipe(warmup_epochs=0)
@@ -195,9 +195,6 @@ def test_a_dp_sgd_client_sends_no_label_histogram_and_no_prototypes(digits):
     assert wire.CLASS_COUNTS in plain.arrays
     assert private.privacy_metrics()[wire.RECORD_EPSILON] > 0
     assert plain.arrays and _client(_learner(None), digits).privacy_metrics() == {}
-    instruction = Instruction({}, {**PrototypeRecipe().to_config(), wire.SERVER_ROUND: 1})
-    with pytest.raises(ValueError, match="prototypes"):
-        PrototypeClient().fit(instruction, private)
 
 
 def test_history_summary_of_the_clients_epsilon():

@@ -2,7 +2,8 @@
 
 Each round the client trains with ``CE + lambda * MSE(f(x), p_y)`` (``f`` the body's
 features in the common space, ``p_y`` the global prototype of the sample's class), then
-replies with its per-class mean features and class counts. The server halves are in
+replies with its per-class mean features and class counts (under DP-SGD their Gaussian
+mechanism release, :func:`release_prototypes`). The server halves are in
 :mod:`flhet_strategies.algorithms.prototypes`.
 """
 
@@ -17,8 +18,12 @@ from flhet_strategies.protocol import ClientAlgorithm, Instruction, Reply
 
 from ..federated_client import FederatedClient
 from ..learners.base import FeatureLearner, require_features
+from ..learners.dp_prototypes import private_class_prototypes
 
 _NAMES = {"fedproto": "FedProto", "fedtgp": "FedTGP"}
+
+_NOISE_STREAM = 0x70726F74
+"""Seeds the prototype noise apart from the client's other randomness (``b"prot"``)."""
 
 PROTOTYPES_STATE = "global_prototypes"
 """Client state: the last global prototypes received (for prototype inference)."""
@@ -54,6 +59,23 @@ def class_prototypes(features: np.ndarray, labels: np.ndarray,
     return means.astype(np.float32), counts
 
 
+def release_prototypes(learner: FeatureLearner, client: FederatedClient,
+                       server_round: int) -> dict[str, np.ndarray]:
+    """What a client sends of its class prototypes: the exact means and counts
+    (:func:`class_prototypes`), or under DP-SGD the Gaussian mechanism's noisy ones,
+    accounted in the learner's accountant
+    (:func:`~clients.learners.dp_prototypes.private_class_prototypes`; its noise is
+    seeded by the client's seed and the round, so runs reproduce)."""
+    if client.private_records:
+        rng = np.random.default_rng([client.seed, int(server_round), _NOISE_STREAM])
+        means, counts = private_class_prototypes(learner, client.x_train, client.y_train,
+                                                 client.num_classes, rng)
+    else:
+        means, counts = class_prototypes(learner.embed(client.x_train), client.y_train,
+                                         client.num_classes)
+    return {wire.PROTOTYPES: means, wire.CLASS_COUNTS: counts}
+
+
 class PrototypeClient(ClientAlgorithm):
     """Client half of FedProto and FedTGP (they differ on the server only)."""
 
@@ -65,8 +87,6 @@ class PrototypeClient(ClientAlgorithm):
 
     def fit(self, instruction: Instruction, client: FederatedClient) -> Reply:
         """Train towards the global prototypes; reply with this client's prototypes."""
-        client.refuse_under_record_dp("class prototypes (means of private features) and "
-                                      "the label histogram")
         learner = self._learner(instruction, client)
         recipe = PrototypeRecipe.from_config(instruction.config)
         prototypes, mask = _global(instruction, client.num_classes)
@@ -83,9 +103,7 @@ class PrototypeClient(ClientAlgorithm):
         epochs = recipe.local_epochs + (recipe.warmup_epochs
                                         if instruction.server_round == 1 else 0)
         metrics = learner.train(client.x_train, client.y_train, epochs, aux_loss=aux)
-        means, counts = class_prototypes(learner.embed(client.x_train), client.y_train,
-                                         client.num_classes)
-        return Reply("", {wire.PROTOTYPES: means, wire.CLASS_COUNTS: counts},
+        return Reply("", release_prototypes(learner, client, instruction.server_round),
                      {**metrics, wire.NUM_EXAMPLES: client.num_examples})
 
     def evaluate(self, instruction: Instruction, client: FederatedClient) -> dict[str, float]:
@@ -122,4 +140,5 @@ def _global(instruction: Instruction, num_classes: int) -> tuple[np.ndarray, np.
     return prototypes, mask
 
 
-__all__ = ["PrototypeClient", "class_prototypes", "nearest_prototype_scores", "prototype_loss"]
+__all__ = ["PrototypeClient", "class_prototypes", "nearest_prototype_scores", "prototype_loss",
+           "release_prototypes"]

@@ -2,8 +2,9 @@
 
 Each round the client loads the global head into its model, trains the whole model on
 its private data, and replies with its head (LG-FedAvg) or its per-class mean features
-and class counts (FedGH). It scores its body with the latest global head. The server
-halves are in :mod:`flhet_strategies.algorithms.shared_head`.
+and class counts (FedGH; under DP-SGD their Gaussian mechanism release). It scores its
+body with the latest global head. The server halves are in
+:mod:`flhet_strategies.algorithms.shared_head`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flhet_strategies.protocol import ClientAlgorithm, Instruction, Reply
 
 from ..federated_client import FederatedClient
 from ..learners.base import FeatureLearner, require_features
-from .prototypes import class_prototypes
+from .prototypes import release_prototypes
 
 _NAMES = {"lgfedavg": "LG-FedAvg", "fedgh": "FedGH"}
 
@@ -81,11 +82,12 @@ class SharedHeadClient(ClientAlgorithm):
         epochs = recipe.local_epochs + (recipe.warmup_epochs
                                         if instruction.server_round == 1 else 0)
         metrics = learner.train(client.x_train, client.y_train, epochs)
-        return Reply("", self.upload(learner, client),
+        return Reply("", self.upload(learner, client, instruction.server_round),
                      {**metrics, wire.NUM_EXAMPLES: client.num_examples})
 
-    def upload(self, learner: FeatureLearner, client: FederatedClient) -> dict[str, np.ndarray]:
-        """The reply arrays after training."""
+    def upload(self, learner: FeatureLearner, client: FederatedClient,
+               server_round: int) -> dict[str, np.ndarray]:
+        """The reply arrays after training in ``server_round``."""
         raise NotImplementedError
 
     def evaluate(self, instruction: Instruction, client: FederatedClient) -> dict[str, float]:
@@ -108,7 +110,8 @@ class LGFedAvgClient(SharedHeadClient):
 
     name = "lgfedavg"
 
-    def upload(self, learner: FeatureLearner, client: FederatedClient) -> dict[str, np.ndarray]:
+    def upload(self, learner: FeatureLearner, client: FederatedClient,
+               server_round: int) -> dict[str, np.ndarray]:
         """The head ``(C, d + 1)``."""
         return {wire.HEAD: head_matrix(learner.get_head())}
 
@@ -118,13 +121,11 @@ class FedGHClient(SharedHeadClient):
 
     name = "fedgh"
 
-    def upload(self, learner: FeatureLearner, client: FederatedClient) -> dict[str, np.ndarray]:
-        """Prototypes ``(C, d)`` (zero rows for absent classes) and class counts."""
-        client.refuse_under_record_dp("class prototypes (means of private features) and "
-                                      "the label histogram")
-        means, counts = class_prototypes(learner.embed(client.x_train), client.y_train,
-                                         client.num_classes)
-        return {wire.PROTOTYPES: means, wire.CLASS_COUNTS: counts}
+    def upload(self, learner: FeatureLearner, client: FederatedClient,
+               server_round: int) -> dict[str, np.ndarray]:
+        """Prototypes ``(C, d)`` (zero rows for absent classes) and class counts
+        (:func:`~clients.algorithms.prototypes.release_prototypes`)."""
+        return release_prototypes(learner, client, server_round)
 
 
 __all__ = ["FedGHClient", "LGFedAvgClient", "SharedHeadClient", "head_matrix", "head_state"]

@@ -5,12 +5,14 @@ batches, per-sample gradients clipped to ``max_grad_norm``, Gaussian noise
 ``noise_multiplier * max_grad_norm`` on their sum; Opacus's RDP accountant (Mironov et
 al., 2019) counts the steps. Only gradients of private records are clipped and noised;
 distillation gradients on public proxy inputs are added after the noise (docs/dp_sgd.md).
+The same accountant counts the client's other releases of private statistics (class
+prototypes: :mod:`clients.learners.dp_prototypes`), so epsilon and the budget cover both.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +27,8 @@ from opacus.validators import ModuleValidator
 
 STATE_KEY = "__dpsgd_history__"
 """Learner-state key of the accountant's ``(noise_multiplier, sample_rate, steps)`` rows."""
+RELEASES_KEY = "__dpsgd_releases__"
+"""Learner-state key of how many of those steps were releases (:meth:`RecordPrivacy.release`)."""
 
 
 @dataclass(frozen=True)
@@ -41,14 +45,22 @@ class DPSGD:
     delta : float (default: 1e-5)
         The delta epsilon is reported at.
     max_epsilon : float, optional
-        Budget: private steps stop before epsilon at ``delta`` would exceed it (training
-        on public proxy data continues). Default: no budget.
+        Budget: private steps and releases stop before epsilon at ``delta`` would exceed
+        it (training on public proxy data continues). Default: no budget.
+    proto_noise_multiplier : float (default: 10.0)
+        ``z`` of a class-prototype release (FedProto, FedTGP, FedGH): noise ``z * C`` on
+        each class's sum of clipped features and ``z`` on each class count
+        (:mod:`clients.learners.dp_prototypes`).
+    proto_clip_norm : float (default: 1.0)
+        ``C``, the L2 bound of each record's feature vector in that release.
     """
 
     noise_multiplier: float
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     max_epsilon: float | None = None
+    proto_noise_multiplier: float = 10.0
+    proto_clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier > 0:
@@ -59,6 +71,9 @@ class DPSGD:
             raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
         if self.max_epsilon is not None and not self.max_epsilon > 0:
             raise ValueError(f"max_epsilon must be positive, got {self.max_epsilon}")
+        for name in ("proto_noise_multiplier", "proto_clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def sample_rate(batch_size: int, num_examples: int) -> float:
@@ -71,17 +86,72 @@ def steps_per_epoch(rate: float) -> int:
     return max(1, int(1 / rate))
 
 
+def history_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon at ``delta`` of ``(noise_multiplier, sample_rate, steps)`` rows composed
+    (what Opacus's ``RDPAccountant`` gives for that history; 0 for none)."""
+    rows = [row for row in history if row[2] > 0]
+    if not rows:
+        return 0.0
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = sum(rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=s, orders=orders)
+              for z, q, s in rows)
+    with warnings.catch_warnings():   # "optimal order is the largest alpha": small eps
+        warnings.filterwarnings("ignore", message="Optimal order")
+        return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, rate: float,
-                               steps: int) -> float:
+                               steps: int, fixed: Sequence[tuple[float, float, int]] = ()
+                               ) -> float:
     """The noise multiplier that spends ``target_epsilon`` at ``delta`` in ``steps``
-    steps of sampling rate ``rate`` (Opacus's ``get_noise_multiplier``, RDP)."""
+    steps of sampling rate ``rate`` (Opacus's ``get_noise_multiplier``, RDP).
+
+    Parameters
+    ----------
+    target_epsilon, delta : float
+        The budget to spend.
+    rate : float
+        Sampling rate of the steps.
+    steps : int
+        Planned DP-SGD steps.
+    fixed : sequence of (noise_multiplier, sample_rate, steps), optional
+        Further planned mechanisms whose noise is given (the prototype releases,
+        :func:`clients.learners.dp_prototypes.planned_releases`): the steps' multiplier
+        is then the smallest (to 0.01 in epsilon, as Opacus's search) that keeps the
+        whole plan within ``target_epsilon``.
+
+    Raises
+    ------
+    ValueError
+        If ``steps < 1``, or the ``fixed`` rows alone spend ``target_epsilon``.
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    with warnings.catch_warnings():   # its search tries tiny epsilons at the largest order
-        warnings.filterwarnings("ignore", message="Optimal order")
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                          sample_rate=rate, steps=int(steps),
-                                          accountant="rdp"))
+    if not fixed:
+        with warnings.catch_warnings():   # its search tries tiny epsilons at the largest order
+            warnings.filterwarnings("ignore", message="Optimal order")
+            return float(get_noise_multiplier(target_epsilon=target_epsilon,
+                                              target_delta=delta, sample_rate=rate,
+                                              steps=int(steps), accountant="rdp"))
+    fixed = list(fixed)
+    alone = history_epsilon(fixed, delta)
+    if alone >= target_epsilon:
+        raise ValueError(f"the fixed releases alone spend epsilon {alone:.3f} >= the target "
+                         f"{target_epsilon} at delta {delta}: give them more noise")
+
+    def spent(z: float) -> float:
+        return history_epsilon(fixed + [(z, rate, int(steps))], delta)
+
+    low, high = 0.0, 10.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+    while spent(high) < target_epsilon - 0.01 and high - low > 1e-6:
+        middle = (low + high) / 2
+        if spent(middle) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    return float(high)
 
 
 def _out_of_place_residuals(model: torch.nn.Module) -> None:
@@ -157,6 +227,7 @@ class RecordPrivacy:
         self._model = GradSampleModule(model, loss_reduction="mean")
         self._model.disable_hooks()       # on only while a private batch runs
         self.accountant = RDPAccountant()
+        self.releases = 0
 
     def epsilon(self) -> float:
         """Epsilon spent so far at the settings' delta (0 before any private step)."""
@@ -168,19 +239,33 @@ class RecordPrivacy:
 
     @property
     def steps(self) -> int:
-        """Private (noised) steps taken so far."""
-        return int(sum(row[2] for row in self.accountant.history))
+        """Private (noised) DP-SGD steps taken so far (releases not counted)."""
+        return int(sum(row[2] for row in self.accountant.history)) - self.releases
 
-    def _epsilon_after(self, extra: int, rate: float) -> float:
-        history = list(self.accountant.history) + [
-            (self.settings.noise_multiplier, rate, extra)]
-        orders = RDPAccountant.DEFAULT_ALPHAS
-        rdp = sum(rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=s, orders=orders)
-                  for z, q, s in history)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order")
-            return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp,
-                                                        delta=self.settings.delta)[0])
+    def _epsilon_after(self, extra: int, rate: float,
+                       noise_multiplier: float | None = None) -> float:
+        z = self.settings.noise_multiplier if noise_multiplier is None else noise_multiplier
+        return history_epsilon(list(self.accountant.history) + [(z, rate, extra)],
+                               self.settings.delta)
+
+    def release(self, noise_multiplier: float) -> bool:
+        """Account one release of private statistics by the Gaussian mechanism with
+        ``noise_multiplier`` (noise std over L2 sensitivity) on all records (sample rate
+        1), if it fits in ``max_epsilon``.
+
+        Returns
+        -------
+        bool
+            Whether it was accounted; if not, the caller must release nothing.
+        """
+        if not noise_multiplier > 0:
+            raise ValueError(f"noise_multiplier must be positive, got {noise_multiplier}")
+        budget = self.settings.max_epsilon
+        if budget is not None and self._epsilon_after(1, 1.0, noise_multiplier) > budget:
+            return False
+        self.accountant.step(noise_multiplier=float(noise_multiplier), sample_rate=1.0)
+        self.releases += 1
+        return True
 
     def steps_left(self, rate: float, wanted: int) -> int:
         """How many of ``wanted`` further steps at ``rate`` fit in ``max_epsilon``."""
@@ -251,15 +336,19 @@ class RecordPrivacy:
         self.accountant.step(noise_multiplier=self.settings.noise_multiplier,
                              sample_rate=rate)
 
-    def state(self) -> np.ndarray:
-        """The accountant's history as a float64 ``(rows, 3)`` array (for checkpoints)."""
-        return np.asarray(self.accountant.history, dtype=np.float64).reshape(-1, 3)
+    def state(self) -> dict[str, np.ndarray]:
+        """The accountant's history as a float64 ``(rows, 3)`` array (:data:`STATE_KEY`)
+        and the release count (:data:`RELEASES_KEY`), for checkpoints."""
+        history = np.asarray(self.accountant.history, dtype=np.float64).reshape(-1, 3)
+        return {STATE_KEY: history, RELEASES_KEY: np.array([self.releases], dtype=np.int64)}
 
-    def load_state(self, history: np.ndarray) -> None:
-        """Restore the accountant's history from :meth:`state`."""
+    def load_state(self, history: np.ndarray, releases: np.ndarray | None = None) -> None:
+        """Restore the accountant's history and release count from :meth:`state` (a
+        state saved before releases existed has none)."""
         rows = np.asarray(history, dtype=np.float64).reshape(-1, 3)
         self.accountant.history = [(float(z), float(q), int(s)) for z, q, s in rows]
+        self.releases = 0 if releases is None else int(np.asarray(releases).reshape(-1)[0])
 
 
-__all__ = ["DPSGD", "RecordPrivacy", "STATE_KEY", "calibrate_noise_multiplier",
-           "make_private_compatible", "sample_rate", "steps_per_epoch"]
+__all__ = ["DPSGD", "RELEASES_KEY", "RecordPrivacy", "STATE_KEY", "calibrate_noise_multiplier",
+           "history_epsilon", "make_private_compatible", "sample_rate", "steps_per_epoch"]

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from flhet_strategies.kd_loss import kd_loss
 
 from .base import AuxLoss, DistillTarget
-from .dpsgd import DPSGD, STATE_KEY, RecordPrivacy, make_private_compatible, sample_rate
+from .dpsgd import (
+    DPSGD,
+    RELEASES_KEY,
+    STATE_KEY,
+    RecordPrivacy,
+    make_private_compatible,
+    sample_rate,
+)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -316,12 +323,35 @@ class TorchLearner:
                                "dp_budget_exhausted": float(allowed < wanted)}
 
     def privacy_spent(self) -> dict[str, float]:
-        """Record-level privacy spent so far: ``{"epsilon", "delta", "steps"}`` (empty
-        without DP-SGD)."""
+        """Record-level privacy spent so far: ``{"epsilon", "delta", "steps",
+        "releases"}`` (DP-SGD steps and :meth:`account_release` releases; empty without
+        DP-SGD)."""
         if self._privacy is None:
             return {}
         return {"epsilon": self._privacy.epsilon(), "delta": self.dp.delta,
-                "steps": float(self._privacy.steps)}
+                "steps": float(self._privacy.steps),
+                "releases": float(self._privacy.releases)}
+
+    def account_release(self, noise_multiplier: float) -> bool:
+        """Account a release of statistics of the private records (e.g. class
+        prototypes, :mod:`clients.learners.dp_prototypes`) in the DP-SGD accountant: one
+        Gaussian mechanism of ``noise_multiplier`` (noise std over L2 sensitivity) at
+        sample rate 1, if it fits in ``max_epsilon``.
+
+        Returns
+        -------
+        bool
+            Whether it was accounted: if not, the budget is spent and nothing computed
+            from the private records may be released.
+
+        Raises
+        ------
+        ValueError
+            Without DP-SGD (there is no accountant).
+        """
+        if self._privacy is None:
+            raise ValueError("account_release needs a learner trained with DP-SGD (dp=DPSGD)")
+        return self._privacy.release(noise_multiplier)
 
     @_seeded
     def distill(self, target: DistillTarget, epochs: int) -> dict[str, float]:
@@ -485,20 +515,23 @@ class TorchLearner:
 
     def get_state(self) -> dict[str, np.ndarray]:
         """The ``state_dict`` (parameters and buffers) as numpy arrays; with DP-SGD also
-        the accountant's history (:data:`~clients.learners.dpsgd.STATE_KEY`)."""
+        the accountant's history and release count
+        (:data:`~clients.learners.dpsgd.STATE_KEY`,
+        :data:`~clients.learners.dpsgd.RELEASES_KEY`)."""
         state = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
         if self._privacy is not None:
-            state[STATE_KEY] = self._privacy.state()
+            state.update(self._privacy.state())
         return state
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Load a state from :meth:`get_state` (strict: names and shapes must match)."""
         state = dict(state)
         history = state.pop(STATE_KEY, None)
+        releases = state.pop(RELEASES_KEY, None)
         if (history is None) != (self._privacy is None):
             raise ValueError("the saved state was trained " + ("without" if history is None
                              else "with") + " DP-SGD, this learner is the other kind")
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
         self.model.load_state_dict(tensors, strict=True)
         if history is not None:
-            self._privacy.load_state(history)
+            self._privacy.load_state(history, releases)

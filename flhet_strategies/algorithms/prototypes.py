@@ -111,7 +111,9 @@ class PrototypeServer(ServerAlgorithm):
             raise PayloadError("class_counts must be integers")
         check_num_examples(reply.num_examples)
         if counts.sum() <= 0:
-            raise PayloadError("class_counts are all zero: the client holds no class")
+            raise PayloadError("class_counts are all zero: the client holds no class (under "
+                               "DP-SGD: it released none, its budget spent or every noisy "
+                               "count under the release threshold)")
         return protos, counts
 
     def validate(self, server_round: int, replies: Sequence[Reply]
