@@ -180,7 +180,7 @@ def _client(learner, digits):
     return FederatedClient(learner, x[:200], y[:200], x[200:260], y[200:260], x[300:400], 10)
 
 
-def test_a_dp_sgd_client_sends_no_label_histogram(digits):
+def test_a_dp_sgd_client_sends_no_label_histogram_and_no_private_loss(digits):
     """(Its class prototypes and counts go through the Gaussian mechanism:
     tests/test_dpsgd_prototypes.py.)"""
     from flhet_strategies.algorithms.consensus import RoundPlan
@@ -191,8 +191,9 @@ def test_a_dp_sgd_client_sends_no_label_histogram(digits):
     private = _client(_learner(DPSGD(1.0)), digits)
     reply = ConsensusClient.train(plan, recipe, private)
     assert set(reply.arrays) == {wire.LOGITS}
+    assert "train_loss" not in reply.metrics     # a mean over private records: not DP
     plain = ConsensusClient.train(plan, recipe, _client(_learner(None), digits))
-    assert wire.CLASS_COUNTS in plain.arrays
+    assert wire.CLASS_COUNTS in plain.arrays and "train_loss" in plain.metrics
     assert private.privacy_metrics()[wire.RECORD_EPSILON] > 0
     assert plain.arrays and _client(_learner(None), digits).privacy_metrics() == {}
 

@@ -222,7 +222,8 @@ class TorchLearner:
         dict[str, float]
             ``train_loss`` (mean private cross-entropy) and ``kd_loss`` (mean
             distillation loss, 0 without a target); with ``aux_loss`` also ``aux_loss``
-            (its mean).
+            (its mean). Under DP-SGD only ``kd_loss`` (the others average private
+            records and are not DP).
 
         Raises
         ------
@@ -294,9 +295,11 @@ class TorchLearner:
             steps, metrics = self._train_private(opt, len(xt), int(epochs), private_loss,
                                                  public_loss if stream is not None else None)
         steps = max(steps, 1)
-        metrics.update(train_loss=sums["ce"] / steps, kd_loss=sums["kd"] / steps)
-        if aux_loss is not None:
-            metrics["aux_loss"] = sums["aux"] / steps
+        metrics["kd_loss"] = sums["kd"] / steps   # public proxy inputs: post-processing
+        if self.dp is None:   # means over private records: not DP, kept on the client
+            metrics["train_loss"] = sums["ce"] / steps
+            if aux_loss is not None:
+                metrics["aux_loss"] = sums["aux"] / steps
         return metrics
 
     def _train_private(self, opt, num_examples: int, epochs: int, private_loss,
