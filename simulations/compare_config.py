@@ -17,11 +17,10 @@ with the base recipe (``local_epochs``, ``warmup_epochs``, ...) carry over, its
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .config import STRATEGIES, ConfigError, ExperimentConfig, from_dict
+from .config import STRATEGIES, ConfigError, ExperimentConfig, from_dict, read_toml
 
 COMPARE_KEYS = ("strategies", "overrides", "target_fraction")
 """Keys of the ``[compare]`` table."""
@@ -69,14 +68,7 @@ def load_comparison(path: str | Path, overrides: dict | None = None) -> Comparis
         If the TOML is malformed, ``[compare]`` is missing or invalid, or a strategy's
         config is.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    return comparison_from_dict(raw, overrides)
+    return comparison_from_dict(read_toml(path), overrides)
 
 
 def comparison_from_dict(raw: dict, overrides: dict | None = None) -> Comparison:

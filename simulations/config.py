@@ -873,14 +873,19 @@ def load_config(path: str | Path) -> ExperimentConfig:
     ConfigError
         If the TOML is malformed or a value is invalid.
     """
+    return from_dict(read_toml(path))
+
+
+def read_toml(path: str | Path) -> dict:
+    """The TOML file at ``path`` as a dict (``FileNotFoundError``; ``ConfigError`` if it
+    is not valid TOML)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    return from_dict(raw)
 
 
 def parse_overrides(text: str) -> dict[str, object]:
