@@ -50,3 +50,31 @@ def test_dp_sgd_run_reports_each_clients_epsilon_and_spends_the_target(tmp_path)
     assert privacy["local_only"]["epsilon_per_client"] == pytest.approx(last)
     # Uploads are the logits alone (no label histogram): 60 x 10 float32 per client.
     assert history[0]["bytes_up"] == 3 * 60 * 10 * 4
+
+
+def test_dp_sgd_clients_inside_a_paillier_secure_sum(tmp_path):
+    """Issue 13 item 4: record-level DP composes with the Paillier sum (the encrypted
+    predictions are post-processing of DP models; the sum's weights are public counts)."""
+    cfg = from_dict({
+        "name": "dpsgd-paillier-it", "seed": 0, "num_rounds": 2, "api": "message",
+        "data": {"dataset": "digits", "num_clients": 3,
+                 "partitioner": {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 60},
+                 "proxy_size": 300, "proxy_validation_size": 100},
+        "strategy": {"proxy_per_round": 60, "class_vote_weighting": False},
+        "recipe": {"warmup_epochs": 1, "local_epochs": 1, "final_private_epochs": 1,
+                   "kd_weight": 0.1},
+        "dp": {"enabled": True, "level": "record", "target_epsilon": 4.0, "delta": 1e-5,
+               "no_dp_baseline": False},
+        "paillier": {"enabled": True, "key_dir": str(tmp_path / "keys")},
+        "clients": [{"architecture": "cnn_small", "count": 1, "lr": 0.05},
+                    {"architecture": "mlp", "count": 2, "lr": 0.05}],
+    })
+    results = run_experiment(cfg, tmp_path / "out")
+    history = results["history"]
+    assert [h.get("sum_decryption") for h in history] == [None, "delegated"]
+    assert all(3.9 <= eps <= 4.0 for eps in history[-1]["epsilon_per_client"].values())
+    # Encrypted shares, not 60 x 10 float32 logits, went up.
+    assert history[0]["bytes_up"] != 3 * 60 * 10 * 4
+    plaintext = results["baselines"]["plaintext"]   # the same DP-SGD clients, in clear
+    assert abs(results["final"]["global_accuracy_mean"]
+               - plaintext["global_accuracy_mean"]) <= 0.03

@@ -121,9 +121,12 @@ def test_threshold_paillier_run_decrypts_with_t_of_n_key_shares(tmp_path, api):
     history = results["history"]
     assert [h["num_failures"] for h in history] == [0, 0]
     assert [h.get("sum_decryption") for h in history] == [None, "threshold"]
-    keys = sorted(p.name for p in (tmp_path / "keys").iterdir())
+    files = sorted(p.name for p in (tmp_path / "keys").iterdir())
+    keys = [f for f in files if not f.endswith(".decryptions.json")]
     assert keys == ["paillier_share_0.json", "paillier_share_1.json", "paillier_share_2.json",
                     "paillier_share_3.json", "paillier_threshold_public.json"]
+    # every decryptor (t + 1 = 4 of them) logged the one sum it decrypted in round 1
+    assert len(files) - len(keys) == 4
     plaintext = results["baselines"]["plaintext"]   # decrypted sums reached the clients
     assert abs(results["final"]["global_accuracy_mean"]
                - plaintext["global_accuracy_mean"]) <= 0.03
