@@ -16,8 +16,10 @@ from simulations.runner import run_experiment
 pytestmark = pytest.mark.integration
 
 
-def test_dp_sgd_run_reports_each_clients_epsilon_and_spends_the_target(tmp_path):
-    cfg = from_dict({
+def _config(**extra):
+    """Digits, 3 PyTorch clients, 2 rounds, DP-SGD at epsilon 4 (the no-DP twin is off: it is
+    tests/test_config.py's)."""
+    return from_dict({
         "name": "dpsgd-it", "seed": 0, "num_rounds": 2, "api": "message",
         "data": {"dataset": "digits", "num_clients": 3,
                  "partitioner": {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 60},
@@ -26,10 +28,15 @@ def test_dp_sgd_run_reports_each_clients_epsilon_and_spends_the_target(tmp_path)
         "recipe": {"warmup_epochs": 1, "local_epochs": 1, "final_private_epochs": 1,
                    "kd_weight": 0.1},
         "dp": {"enabled": True, "level": "record", "target_epsilon": 4.0, "delta": 1e-5,
-               "no_dp_baseline": False},   # the no-DP twin: tests/test_config.py
+               "no_dp_baseline": False},
         "clients": [{"architecture": "cnn_small", "count": 1, "lr": 0.05},
                     {"architecture": "mlp", "count": 2, "lr": 0.05}],
+        **extra,
     })
+
+
+def test_dp_sgd_run_reports_each_clients_epsilon_and_spends_the_target(tmp_path):
+    cfg = _config()
     results = run_experiment(cfg, tmp_path)
 
     history = results["history"]
@@ -55,20 +62,7 @@ def test_dp_sgd_run_reports_each_clients_epsilon_and_spends_the_target(tmp_path)
 def test_dp_sgd_clients_inside_a_paillier_secure_sum(tmp_path):
     """Issue 13 item 4: record-level DP composes with the Paillier sum (the encrypted
     predictions are post-processing of DP models; the sum's weights are public counts)."""
-    cfg = from_dict({
-        "name": "dpsgd-paillier-it", "seed": 0, "num_rounds": 2, "api": "message",
-        "data": {"dataset": "digits", "num_clients": 3,
-                 "partitioner": {"name": "dirichlet", "alpha": 0.5, "min_partition_size": 60},
-                 "proxy_size": 300, "proxy_validation_size": 100},
-        "strategy": {"proxy_per_round": 60, "class_vote_weighting": False},
-        "recipe": {"warmup_epochs": 1, "local_epochs": 1, "final_private_epochs": 1,
-                   "kd_weight": 0.1},
-        "dp": {"enabled": True, "level": "record", "target_epsilon": 4.0, "delta": 1e-5,
-               "no_dp_baseline": False},
-        "paillier": {"enabled": True, "key_dir": str(tmp_path / "keys")},
-        "clients": [{"architecture": "cnn_small", "count": 1, "lr": 0.05},
-                    {"architecture": "mlp", "count": 2, "lr": 0.05}],
-    })
+    cfg = _config(paillier={"enabled": True, "key_dir": str(tmp_path / "keys")})
     results = run_experiment(cfg, tmp_path / "out")
     history = results["history"]
     assert [h.get("sum_decryption") for h in history] == [None, "delegated"]

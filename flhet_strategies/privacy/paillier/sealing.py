@@ -23,32 +23,22 @@ TAG_BYTES = 16
 _INFO = b"flhet paillier group seal v1"
 
 
-class GroupSeal:
-    """AES-GCM sealing with a key every holder of the same Paillier private key derives.
+class SymmetricSeal:
+    """AES-256-GCM sealing under a 32-byte key the cohort's clients share (never the server).
 
     Parameters
     ----------
-    holder : KeyHolder
-        The Paillier private key holder (a client, never the server).
-
-    Examples
-    --------
-    >>> sealed = GroupSeal(holder).seal(consensus.tobytes(), context_bytes)  # doctest: +SKIP
-    >>> data = GroupSeal(other_client_holder).unseal(sealed, context_bytes)  # doctest: +SKIP
+    key : bytes
+        The 32-byte key.
     """
 
-    def __init__(self, holder: KeyHolder) -> None:
-        if not isinstance(holder, KeyHolder):
-            raise TypeError(f"expected a KeyHolder, got {type(holder).__name__}")
-        private_key = holder._private_key  # noqa: SLF001 - same package: derive, never export
-        width = (private_key.public_key.n.bit_length() + 15) // 16
-        material = private_key.p.to_bytes(width, "big") + private_key.q.to_bytes(width, "big")
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=holder.fingerprint,
-                   info=_INFO).derive(material)
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes) -> None:
+        if len(bytes(key)) != 32:
+            raise MalformedPayloadError("a seal key must have 32 bytes")
+        self._aead = AESGCM(bytes(key))
 
     def __repr__(self) -> str:
-        return "GroupSeal(AES-256-GCM)"
+        return f"{type(self).__name__}(AES-256-GCM)"
 
     def seal(self, data: bytes, associated_data: bytes) -> np.ndarray:
         """Encrypt and authenticate ``data`` bound to ``associated_data``.
@@ -82,3 +72,27 @@ class GroupSeal:
                 "sealed payload does not authenticate: it was sealed under another key or "
                 "for another context, or it was altered"
             ) from error
+
+
+class GroupSeal(SymmetricSeal):
+    """AES-GCM sealing with a key every holder of the same Paillier private key derives.
+
+    Parameters
+    ----------
+    holder : KeyHolder
+        The Paillier private key holder (a client, never the server).
+
+    Examples
+    --------
+    >>> sealed = GroupSeal(holder).seal(consensus.tobytes(), context_bytes)  # doctest: +SKIP
+    >>> data = GroupSeal(other_client_holder).unseal(sealed, context_bytes)  # doctest: +SKIP
+    """
+
+    def __init__(self, holder: KeyHolder) -> None:
+        if not isinstance(holder, KeyHolder):
+            raise TypeError(f"expected a KeyHolder, got {type(holder).__name__}")
+        private_key = holder._private_key  # noqa: SLF001 - same package: derive, never export
+        width = (private_key.public_key.n.bit_length() + 15) // 16
+        material = private_key.p.to_bytes(width, "big") + private_key.q.to_bytes(width, "big")
+        super().__init__(HKDF(algorithm=hashes.SHA256(), length=32, salt=holder.fingerprint,
+                              info=_INFO).derive(material))

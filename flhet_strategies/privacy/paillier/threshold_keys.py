@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from phe import PaillierPublicKey
 
 from .errors import MalformedPayloadError, SecureSumError
 from .key_files import _write_atomically
 from .keys import MIN_KEY_BITS, key_fingerprint, validate_public_key
+from .sealing import SymmetricSeal
 from .threshold import KeyShare, PartialDecryption, ThresholdPublicKey, deal_threshold_key
 
 PUBLIC_FORMAT = "flhet-paillier-threshold-public"
@@ -37,7 +36,6 @@ VERSION = 1
 PUBLIC_FILE = "paillier_threshold_public.json"
 SHARE_FILE = "paillier_share_{client_id}.json"
 SIGNATURE_BYTES = 64
-_NONCE = 12
 
 
 class ShareSignatureError(SecureSumError):
@@ -186,11 +184,9 @@ class ThresholdHolder:
         if public != entry[1]:
             raise MalformedPayloadError(f"client {client_id!r}: the signing key does not match "
                                         "its verification key on the roster")
-        if len(seal_key) != 32:
-            raise MalformedPayloadError("the cohort seal key must have 32 bytes")
         self.cohort, self.client_id, self._share = cohort, str(client_id), share
         self.path = None if path is None else Path(path)
-        self._aead = AESGCM(bytes(seal_key))
+        self._seal = SymmetricSeal(seal_key)
 
     def __repr__(self) -> str:
         return (f"ThresholdHolder(client={self.client_id!r}, share={self._share.index}, "
@@ -221,19 +217,12 @@ class ThresholdHolder:
         return self._share.partial_decrypt(ciphertexts, workers=workers)
 
     def seal(self, data: bytes, associated_data: bytes) -> np.ndarray:
-        """AES-GCM under the cohort key: nonce, ciphertext and tag as ``uint8``."""
-        nonce = os.urandom(_NONCE)
-        return np.frombuffer(nonce + self._aead.encrypt(nonce, data, associated_data),
-                             dtype=np.uint8).copy()
+        """Seal ``data`` for the cohort (:class:`.SymmetricSeal` under the dealt key)."""
+        return self._seal.seal(data, associated_data)
 
     def unseal(self, sealed: np.ndarray | bytes, associated_data: bytes) -> bytes:
         """Open :meth:`seal`'s bytes (``MalformedPayloadError`` if altered or foreign)."""
-        raw = sealed.tobytes() if isinstance(sealed, np.ndarray) else bytes(sealed)
-        try:
-            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated_data)
-        except (InvalidTag, ValueError) as error:
-            raise MalformedPayloadError("a sealed partial decryption does not authenticate "
-                                        "under the cohort key") from error
+        return self._seal.unseal(sealed, associated_data)
 
 
 @dataclass(frozen=True)
